@@ -1,0 +1,130 @@
+"""How much of the domain gap does each method close on the embedded synthetic benchmark?
+
+    python benchmarks/bench_synthetic.py                                  # source_only, self_training, oracle
+    python benchmarks/bench_synthetic.py --methods self_training,dida --seeds 0,1
+    python benchmarks/bench_synthetic.py --rows-only dida                 # add rows to the committed results
+
+Each row is a fresh `python -m udaseg.train` process (so peak memory is that run's own), with the same schedule
+for every method: `train.warmup_iters` source-only iterations, then `train.iters` iterations of the method.
+`oracle` trains on target labels (the upper bound); gap closure = (method - source_only) / (oracle - source_only).
+Results: benchmarks/results/synthetic-<device>.json and .md (the README's table comes from the .md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+RARE = 4  # report the IoU of this many rarest classes (by target val pixel share)
+
+
+def run_one(method: str, seed: int, out: Path, extra: list[str]) -> dict:
+    """One training run in its own process; returns its final.json plus wall time."""
+    args = [sys.executable, "-m", "udaseg.train", "--out", str(out), "--seed", str(seed), *extra]
+    if method == "oracle":  # supervised on the target domain: the upper bound of adaptation
+        args += ["--source", "synthetic_target", "--method", "source_only", "--set", "data.rcs=false"]
+    else:
+        args += ["--method", method]
+    t0 = time.perf_counter()
+    subprocess.run(args, check=True, cwd=ROOT)
+    result = json.loads((out / "final.json").read_text())
+    result["wall_time_s"] = result.get("wall_time_s", time.perf_counter() - t0)
+    return result
+
+
+def rare_classes(count: int) -> list[str]:
+    """The `count` classes with the smallest pixel share in the target validation labels."""
+    from udaseg.data import build_dataset
+
+    val = build_dataset("synthetic", split="val", role="target")
+    hist = torch.zeros(val.num_classes, dtype=torch.long)
+    for i in range(len(val)):
+        lbl = val[i]["label"]
+        hist += torch.bincount(lbl[lbl < val.num_classes].flatten(), minlength=val.num_classes)
+    order = [int(c) for c in torch.argsort(hist) if hist[c] > 0]
+    return [val.class_names[c] for c in order[:count]]
+
+
+def aggregate(runs: list[dict], rare: list[str]) -> dict:
+    mious = [r["miou"] for r in runs]
+    return {
+        "miou": statistics.mean(mious),
+        "miou_std": statistics.stdev(mious) if len(mious) > 1 else 0.0,
+        "seeds": [r["seed"] for r in runs],
+        "per_seed": mious,
+        "rare_iou": {c: statistics.mean(r["per_class"][c] for r in runs) for c in rare},
+        "wall_time_s": statistics.mean(r["wall_time_s"] for r in runs),
+        "peak_memory_mb": max(r.get("peak_memory_mb", float("nan")) for r in runs),
+    }
+
+
+def markdown(rows: dict[str, dict], meta: dict, rare: list[str]) -> str:
+    so, oracle = rows.get("source_only"), rows.get("oracle")
+    head = "| method | target mIoU | ± std | seeds | gap closure | " + " | ".join(rare) + " | wall (s) | peak MB |"
+    lines = [f"Synthetic benchmark, {meta['device']}, schedule: {meta['schedule']}", "", head,
+             "|" + "---|" * (7 + len(rare))]
+    for name, r in rows.items():
+        gap = "—"
+        if so and oracle and name not in ("source_only", "oracle") and oracle["miou"] > so["miou"]:
+            gap = f"{100 * (r['miou'] - so['miou']) / (oracle['miou'] - so['miou']):.0f} %"
+        rare_cells = " | ".join(f"{r['rare_iou'].get(c, float('nan')):.1f}" for c in rare)
+        lines.append(f"| {name} | {r['miou']:.2f} | {r['miou_std']:.2f} | {len(r['seeds'])} | {gap} | {rare_cells} "
+                     f"| {r['wall_time_s']:.0f} | {r['peak_memory_mb']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--methods", default="source_only,self_training,oracle", help="comma-separated rows to run")
+    p.add_argument("--seeds", default="0,1", help="comma-separated seeds; each row is the mean over them")
+    p.add_argument("--rows-only", help="run only these rows and merge them into the existing result file")
+    p.add_argument("--out", default="runs/bench", help="run folders")
+    p.add_argument("--set", action="append", default=[], help="train config override for every run")
+    args = p.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    name = torch.cuda.get_device_name(0) if device == "cuda" else f"cpu ({platform.processor() or 'x86_64'})"
+    tag = "gpu" if device == "cuda" else "cpu"
+    path = RESULTS / f"synthetic-{tag}.json"
+    seeds = [int(s) for s in args.seeds.split(",")]
+    methods = (args.rows_only or args.methods).split(",")
+    previous = json.loads(path.read_text()) if args.rows_only and path.exists() else {"rows": {}}
+    extra = [x for s in args.set for x in ("--set", s)]
+    rare = rare_classes(RARE)
+    rows = dict(previous["rows"])
+    for method in methods:
+        runs = []
+        for seed in seeds:
+            result = run_one(method, seed, ROOT / args.out / f"{method.replace('+', '-')}-s{seed}", extra)
+            result["seed"] = seed
+            runs.append(result)
+        rows[method] = aggregate(runs, rare)
+        print(f"{method}: {rows[method]['miou']:.2f} ± {rows[method]['miou_std']:.2f}")
+    order = ["source_only", "self_training"] + sorted(k for k in rows if k not in ("source_only", "self_training",
+                                                                                     "oracle")) + ["oracle"]
+    rows = {k: rows[k] for k in order if k in rows}
+    from udaseg.config import Config
+
+    d = Config().train
+    meta = {"device": name, "torch": torch.__version__, "schedule": f"{d.warmup_iters} warm-up + {d.iters} iterations"
+            + (f", overrides {args.set}" if args.set else ""), "date": time.strftime("%Y-%m-%d"),
+            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                     cwd=ROOT).stdout.strip()}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"meta": meta, "rare_classes": rare, "rows": rows}, indent=2))
+    table = markdown(rows, meta, rare)
+    path.with_suffix(".md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Deployment (installed as udaseg.export)."""

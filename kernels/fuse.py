@@ -1,0 +1,170 @@
+"""fuse_pseudo_labels: blend two class-probability maps, take the arg-max, drop pixels under a class threshold.
+
+P = alpha * probs + (1 - alpha) * instance_probs (P = probs when instance_probs is None);
+label = argmax_c P (ties: the smaller c); confidence = max_c P; label = ignore_index where confidence <
+thresholds[label]. One pass over the probabilities; not differentiable (pseudo-labels are targets).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._dispatch import acc_dtype, check_device, check_float, check_shape, resolve_impl
+from ._tiles import Launcher, configs, tl, triton
+
+OP = "fuse_pseudo_labels"
+
+# --- Triton kernel ---
+
+
+@triton.jit
+def _fuse_kernel(
+    p_ptr,  # (B, C, H*W) probs
+    q_ptr,  # (B, C, H*W) instance probs (unused without HAS_INST)
+    thr_ptr,  # (C,) thresholds
+    label_ptr,  # (B, H*W) int64
+    conf_ptr,  # (B, H*W) float32
+    C,
+    HW,
+    alpha,  # weight of probs
+    beta,  # 1 - alpha
+    ignore_index,
+    HAS_INST: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """One program per (image, BLOCK pixels): a running max over the classes, contiguous loads along pixels."""
+    img = tl.program_id(0).to(tl.int64)
+    pix = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)  # (BLOCK,)
+    mask = pix < HW
+    base = img * C * HW + pix  # (BLOCK,) offset of class 0
+    best = tl.full((BLOCK,), float("-inf"), tl.float32)
+    label = tl.zeros((BLOCK,), tl.int32)
+    for c in range(0, C):
+        x = tl.load(p_ptr + base + c * HW, mask=mask, other=0.0).to(tl.float32)  # (BLOCK,)
+        if HAS_INST:
+            x = alpha * x + beta * tl.load(q_ptr + base + c * HW, mask=mask, other=0.0).to(tl.float32)
+        better = x > best  # strict: a tie keeps the smaller class
+        best = tl.where(better, x, best)
+        label = tl.where(better, c, label)
+    thr = tl.load(thr_ptr + label, mask=mask, other=0.0).to(tl.float32)  # a gather from the C-entry table
+    label = tl.where(best < thr, ignore_index, label)
+    tl.store(label_ptr + img * HW + pix, label.to(tl.int64), mask=mask)
+    tl.store(conf_ptr + img * HW + pix, best, mask=mask)
+
+
+_FUSE = Launcher(
+    _fuse_kernel,
+    configs(({"BLOCK": 512}, 4, 2), ({"BLOCK": 1024}, 4, 2), ({"BLOCK": 2048}, 8, 2)),
+    key=["C", "HW", "HAS_INST"],
+    interpret=lambda kw: {"BLOCK": 64},
+)
+
+
+def _fuse_triton(probs, instance_probs, alpha, thresholds, ignore_index):
+    """Launch the fused kernel: probabilities read once, label and confidence written once.
+
+    Returns:
+        labels (B, H, W) int64, confidence (B, H, W) float32.
+    """
+    b, c, h, w = probs.shape
+    p = probs.contiguous()  # (B, C, H, W)
+    q = instance_probs.contiguous() if instance_probs is not None else p  # (B, C, H, W)
+    labels = torch.empty(b, h, w, dtype=torch.int64, device=p.device)  # (B, H, W)
+    confidence = torch.empty(b, h, w, dtype=torch.float32, device=p.device)  # (B, H, W)
+    if labels.numel():
+        grid = lambda meta: (b, triton.cdiv(h * w, meta["BLOCK"]))  # noqa: E731
+        _FUSE[grid](p, q, thresholds.contiguous(), labels, confidence, c, h * w, alpha, 1.0 - alpha, ignore_index,
+                    HAS_INST=instance_probs is not None)
+    return labels, confidence
+
+
+# --- torch reference ---
+
+
+def fuse_pseudo_labels_reference(
+    probs: Tensor, instance_probs: Tensor | None, alpha: float, thresholds: Tensor, ignore_index: int = 255
+) -> tuple[Tensor, Tensor]:
+    """Plain torch.
+
+    Args:
+        probs: (B, C, H, W) float.  instance_probs: (B, C, H, W) float or None.  alpha: blend weight.
+        thresholds: (C,) float.  ignore_index: label written under the threshold.
+    Returns:
+        labels (B, H, W) int64, confidence (B, H, W) float32 (float64 for float64 inputs).
+    """
+    dt = acc_dtype(probs, thresholds, *([instance_probs] if instance_probs is not None else []))
+    fused = probs.to(dt)
+    if instance_probs is not None:
+        fused = alpha * fused + (1.0 - alpha) * instance_probs.to(dt)  # (B, C, H, W)
+    confidence, labels = fused.max(dim=1)  # (B, H, W); the first maximum wins a tie
+    labels = torch.where(confidence < thresholds.to(dt)[labels], ignore_index, labels)
+    return labels, confidence
+
+
+# --- chunked torch (CPU fast path) ---
+
+
+def _fuse_chunked(probs, instance_probs, alpha, thresholds, ignore_index):
+    """One image at a time: the blended (C, H, W) temporary stays small and cache-friendly."""
+    dt = acc_dtype(probs, thresholds, *([instance_probs] if instance_probs is not None else []))
+    b, _, h, w = probs.shape
+    labels = torch.empty(b, h, w, dtype=torch.int64, device=probs.device)  # (B, H, W)
+    confidence = torch.empty(b, h, w, dtype=dt, device=probs.device)  # (B, H, W)
+    thr = thresholds.to(dt)
+    for i in range(b):
+        fused = probs[i].to(dt)  # (C, H, W)
+        if instance_probs is not None:
+            fused = torch.add(fused * alpha, instance_probs[i].to(dt), alpha=1.0 - alpha)
+        torch.max(fused, dim=0, out=(confidence[i], labels[i]))
+        labels[i].masked_fill_(confidence[i] < thr[labels[i]], ignore_index)
+    return labels, confidence
+
+
+# --- public op ---
+
+
+def fuse_pseudo_labels(
+    probs: Tensor,
+    instance_probs: Tensor | None,
+    alpha: float,
+    thresholds: Tensor,
+    ignore_index: int = 255,
+    impl: str = "auto",
+) -> tuple[Tensor, Tensor]:
+    """Fused pseudo-labels and their confidence.
+
+    Args:
+        probs: (B, C, H, W) float class probabilities (e.g. the teacher's softmax).
+        instance_probs: (B, C, H, W) float, or None to use probs alone.
+        alpha: weight of probs in the blend, in [0, 1].
+        thresholds: (C,) float per-class confidence thresholds.
+        ignore_index: label given to pixels under their class threshold.
+        impl: "auto", "triton", "torch" (reference) or "chunked".
+    Returns:
+        labels (B, H, W) int64, confidence (B, H, W) float32 = max_c P (also where the label is ignored).
+    """
+    check_float(OP, "probs", probs, 4)
+    if instance_probs is not None:
+        check_float(OP, "instance_probs", instance_probs, 4)
+        check_shape(OP, "instance_probs", instance_probs, tuple(probs.shape))
+        check_device(OP, "instance_probs", instance_probs, probs.device)
+    check_float(OP, "thresholds", thresholds, 1)
+    check_shape(OP, "thresholds", thresholds, (probs.shape[1],))
+    check_device(OP, "thresholds", thresholds, probs.device)
+    if isinstance(alpha, Tensor):
+        alpha = alpha.item()
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (0.0 <= alpha <= 1.0):
+        raise ValueError(f"{OP}: alpha must be a number in [0, 1], got {alpha!r}")
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise ValueError(f"{OP}: ignore_index must be an int, got {ignore_index!r}")
+    if probs.shape[1] == 0:
+        raise ValueError(f"{OP}: probs must have at least one class, got shape {tuple(probs.shape)}")
+    alpha = float(alpha)
+    impl = resolve_impl(impl, probs.device, OP)
+    with torch.no_grad():
+        if impl == "torch":
+            return fuse_pseudo_labels_reference(probs, instance_probs, alpha, thresholds, ignore_index)
+        if impl == "triton":
+            return _fuse_triton(probs, instance_probs, alpha, thresholds, ignore_index)
+        return _fuse_chunked(probs, instance_probs, alpha, thresholds, ignore_index)

@@ -1,0 +1,325 @@
+"""instance_consistency_loss: cross-entropy between a class-weighted weak-view target and the strong view.
+
+With s_w = weak . bank / T and s_s = strong . bank / T over the valid slots m (label in [0, C)):
+    t[n, m] = exp(s_w[n, m]) * class_weights[n, label[m]] / Z_n          (the target, no gradient)
+    loss[n] = -sum_m t[n, m] log softmax_m(s_s[n, m]) = LSE_m(s_s[n]) - sum_m t[n, m] s_s[n, m]
+A row whose target is empty (Z_n = 0: no valid slot, or zero weight on every present class) has loss 0.
+Differentiable w.r.t. strong only: d loss[n] / d strong[n] = sum_m (softmax_m(s_s) - t[n, m]) bank[m] / T.
+Neither pass stores an N x M matrix: the backward recomputes the logits from two saved row statistics.
+
+Triton design: the bank is grouped by class (see bank_logsumexp), so class_weights[n, label m] is one per-row
+value per class segment; one pass keeps three online sums per row (strong log-sum-exp; target normaliser;
+target-weighted strong logit), flash-attention style in exp2.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._dispatch import (
+    INTERPRET,
+    acc_dtype,
+    check_device,
+    check_float,
+    check_index,
+    check_positive,
+    chunk_rows,
+    next_pow2,
+    resolve_impl,
+)
+from ._tiles import Launcher, common_dtype, configs, dot_precision, dot_tile, group_bank, rows_times_tile, tl, triton
+
+OP = "instance_consistency_loss"
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+
+# --- torch reference ---
+
+
+def instance_consistency_loss_reference(
+    weak: Tensor, strong: Tensor, bank: Tensor, bank_labels: Tensor, class_weights: Tensor, temperature: float
+) -> Tensor:
+    """Plain torch over the full (N, M) logits; autograd gives the backward.
+
+    Args:
+        weak, strong: (N, D) float.  bank: (M, D).  bank_labels: (M,) int, -1 = empty slot.
+        class_weights: (N, C) >= 0.  temperature: T > 0.
+    Returns:
+        (N,) float32 (float64 for float64 inputs).
+    """
+    dt = acc_dtype(weak, strong, bank, class_weights)
+    num_classes = class_weights.shape[1]
+    valid = (bank_labels >= 0) & (bank_labels < num_classes)
+    rows, labels = bank[valid].detach().to(dt), bank_labels[valid].long()  # (Mv, D), (Mv,)
+    weights = class_weights.detach().to(dt)[:, labels]  # (N, Mv)
+    with torch.no_grad():
+        target = torch.softmax(weak.to(dt) @ rows.T / temperature + weights.log(), dim=1)  # (N, Mv)
+        target = torch.nan_to_num(target, nan=0.0)  # empty target row: all -inf -> nan -> 0
+    log_p = torch.log_softmax(strong.to(dt) @ rows.T / temperature, dim=1)  # (N, Mv)
+    return -(target * log_p).sum(dim=1)
+
+
+# --- chunked torch (CPU fast path) ---
+
+
+def _chunk_logits(weak, strong, rows_t, log_w):
+    """One chunk: target log-weights a, strong logits, their row logsumexps and the target t."""
+    a = (weak @ rows_t).add_(log_w)  # (R, Mv)
+    s = strong @ rows_t  # (R, Mv)
+    lse_a = torch.logsumexp(a, dim=1, keepdim=True)  # (R, 1); -inf for an empty target
+    lse_s = torch.logsumexp(s, dim=1, keepdim=True)  # (R, 1)
+    t = (a - lse_a).exp_().nan_to_num_(nan=0.0)  # (R, Mv)
+    return s, t, lse_a, lse_s
+
+
+class ChunkedInstanceLoss(torch.autograd.Function):
+    """Row chunks forward and backward; saves nothing of size N x M."""
+
+    @staticmethod
+    def forward(ctx, weak, strong, bank, bank_labels, class_weights, temperature):
+        dt = acc_dtype(weak, strong, bank, class_weights)
+        valid = (bank_labels >= 0) & (bank_labels < class_weights.shape[1])
+        rows = bank.detach()[valid].to(dt) / temperature  # (Mv, D), carries the 1/T
+        labels = bank_labels[valid].long()  # (Mv,)
+        log_cw = class_weights.detach().to(dt).log()  # (N, C)
+        loss = torch.zeros(weak.shape[0], dtype=dt, device=weak.device)  # (N,)
+        rows_t = rows.T.contiguous()  # (D, Mv)
+        step = chunk_rows(2 * rows.shape[0])
+        for st in range(0, weak.shape[0], step):
+            sl = slice(st, st + step)
+            s, t, lse_a, lse_s = _chunk_logits(weak[sl].to(dt), strong[sl].to(dt), rows_t, log_cw[sl][:, labels])
+            chunk_loss = lse_s.squeeze(1) - (t * s).sum(1)
+            loss[sl] = torch.where(torch.isfinite(lse_a.squeeze(1)), chunk_loss, 0.0)
+        ctx.save_for_backward(weak, strong, rows, labels, log_cw)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor):
+        weak, strong, rows, labels, log_cw = ctx.saved_tensors
+        grad = torch.zeros(strong.shape, dtype=rows.dtype, device=strong.device)  # (N, D)
+        rows_t = rows.T.contiguous()
+        step = chunk_rows(2 * rows.shape[0])
+        for st in range(0, weak.shape[0], step):
+            sl = slice(st, st + step)
+            s, t, lse_a, lse_s = _chunk_logits(weak[sl].to(rows.dtype), strong[sl].to(rows.dtype), rows_t,
+                                               log_cw[sl][:, labels])
+            g = torch.where(torch.isfinite(lse_a), grad_loss[sl].unsqueeze(1).to(rows.dtype), 0.0)  # (R, 1)
+            grad[sl] = (s.sub_(lse_s).exp_().sub_(t).mul_(g)) @ rows  # (softmax - t) * g @ bank / T
+        return None, grad.to(strong.dtype), None, None, None, None
+
+
+# --- Triton kernels ---
+
+
+@triton.jit
+def _log2_weight(ptr, mask):
+    """log2 of a class-weight column; -inf for a zero weight (without a log of 0)."""
+    w = tl.load(ptr, mask=mask, other=0.0).to(tl.float32)
+    return tl.where(w > 0, tl.log2(tl.where(w > 0, w, 1.0)), float("-inf"))
+
+
+@triton.jit
+def _fwd_kernel(
+    w_ptr,  # (N, D) weak
+    s_ptr,  # (N, D) strong
+    b_ptr,  # (M, D) bank grouped by class
+    off_ptr,  # (C + 1,) int32 class c = bank rows off[c]:off[c + 1]
+    cw_ptr,  # (N, C) class weights
+    loss_ptr,  # (N,) float32
+    stats_ptr,  # (2, N) float32: LSE of the strong logits, LSE of the target log-weights (log2 units)
+    N,
+    D,
+    C,
+    scale,  # log2(e) / T
+    BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """One program per BLOCK_N rows, one pass over the bank (all in log2 units until the end)."""
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
+    row_mask = rows < N
+    m_s = tl.full((BLOCK_N,), float("-inf"), tl.float32)  # strong: running max, sum
+    l_s = tl.zeros((BLOCK_N,), tl.float32)
+    m_a = tl.full((BLOCK_N,), float("-inf"), tl.float32)  # target a = weak logit + log2 weight: max, sum
+    l_a = tl.zeros((BLOCK_N,), tl.float32)
+    acc = tl.zeros((BLOCK_N,), tl.float32)  # sum 2^(a - m_a) * strong logit
+    for c in range(0, C):
+        start = tl.load(off_ptr + c)
+        end = tl.load(off_ptr + c + 1)
+        log_w = _log2_weight(cw_ptr + rows.to(tl.int64) * C + c, row_mask)  # (BLOCK_N,)
+        for m0 in range(start, end, BLOCK_M):
+            cols = m0 + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
+            col_mask = cols < end
+            sw = dot_tile(w_ptr, rows, row_mask, b_ptr, cols, col_mask, D, BLOCK_N, BLOCK_M, BLOCK_D, UPCAST, PREC)
+            ss = dot_tile(s_ptr, rows, row_mask, b_ptr, cols, col_mask, D, BLOCK_N, BLOCK_M, BLOCK_D, UPCAST, PREC)
+            ss = ss * scale  # (BLOCK_N, BLOCK_M)
+            a = tl.where(col_mask[None, :], sw * scale + log_w[:, None], float("-inf"))
+            m_new = tl.maximum(m_s, tl.max(tl.where(col_mask[None, :], ss, float("-inf")), 1))
+            p = tl.where(col_mask[None, :], tl.exp2(ss - m_new[:, None]), 0.0)
+            l_s = l_s * tl.exp2(m_s - m_new) + tl.sum(p, 1)
+            m_s = m_new
+            m_new = tl.maximum(m_a, tl.max(a, 1))
+            safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no target mass yet: keep zeros, not NaN
+            t = tl.exp2(a - safe[:, None])  # (BLOCK_N, BLOCK_M), 0 off the class or at zero weight
+            rescale = tl.exp2(m_a - safe)
+            l_a = l_a * rescale + tl.sum(t, 1)
+            acc = acc * rescale + tl.sum(t * tl.where(col_mask[None, :], ss, 0.0), 1)
+            m_a = m_new
+    lse_s = m_s + tl.log2(tl.maximum(l_s, 1.0))  # l >= 1 once a slot was seen (its maximum adds 2^0)
+    has_t = l_a > 0
+    lse_a = tl.where(has_t, m_a + tl.log2(tl.where(has_t, l_a, 1.0)), float("-inf"))
+    loss = tl.where(has_t, (lse_s - acc / tl.where(has_t, l_a, 1.0)) * 0.6931471805599453, 0.0)
+    tl.store(loss_ptr + rows, loss, mask=row_mask)
+    tl.store(stats_ptr + rows, lse_s, mask=row_mask)
+    tl.store(stats_ptr + N + rows, lse_a, mask=row_mask)
+
+
+@triton.jit
+def _bwd_kernel(
+    w_ptr,  # (N, D) weak
+    s_ptr,  # (N, D) strong
+    b_ptr,  # (M, D) bank grouped by class
+    off_ptr,  # (C + 1,) int32
+    cw_ptr,  # (N, C) class weights
+    stats_ptr,  # (2, N) float32 from the forward
+    gl_ptr,  # (N,) float32 d loss_total / d loss
+    gs_ptr,  # (N, D) float32 d loss_total / d strong
+    N,
+    D,
+    C,
+    scale,  # log2(e) / T
+    inv_t,  # 1 / T
+    BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_DO: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """grad_strong[n, d-block] = g[n] sum_m (softmax_m(strong logits) - t[n, m]) bank[m, d-block] / T."""
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
+    row_mask = rows < N
+    d_out = tl.program_id(1) * BLOCK_DO + tl.arange(0, BLOCK_DO)  # (BLOCK_DO,)
+    lse_s = tl.load(stats_ptr + rows, mask=row_mask, other=0.0)  # (BLOCK_N,)
+    lse_a = tl.load(stats_ptr + N + rows, mask=row_mask, other=float("-inf"))
+    has_t = lse_a > float("-inf")
+    g = tl.where(has_t, tl.load(gl_ptr + rows, mask=row_mask, other=0.0), 0.0)  # an empty target: loss 0, grad 0
+    lse_a = tl.where(has_t, lse_a, 0.0)
+    acc = tl.zeros((BLOCK_N, BLOCK_DO), tl.float32)
+    for c in range(0, C):
+        start = tl.load(off_ptr + c)
+        end = tl.load(off_ptr + c + 1)
+        log_w = _log2_weight(cw_ptr + rows.to(tl.int64) * C + c, row_mask)  # (BLOCK_N,)
+        for m0 in range(start, end, BLOCK_M):
+            cols = m0 + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
+            col_mask = cols < end
+            sw = dot_tile(w_ptr, rows, row_mask, b_ptr, cols, col_mask, D, BLOCK_N, BLOCK_M, BLOCK_D, UPCAST, PREC)
+            ss = dot_tile(s_ptr, rows, row_mask, b_ptr, cols, col_mask, D, BLOCK_N, BLOCK_M, BLOCK_D, UPCAST, PREC)
+            p = tl.exp2(tl.where(col_mask[None, :], ss * scale, float("-inf")) - lse_s[:, None])
+            t = tl.exp2(tl.where(col_mask[None, :], sw * scale + log_w[:, None], float("-inf")) - lse_a[:, None])
+            acc += rows_times_tile((p - t) * g[:, None], b_ptr, cols, col_mask, d_out, D, UPCAST, PREC)
+    mask = row_mask[:, None] & (d_out[None, :] < D)
+    tl.store(gs_ptr + rows.to(tl.int64)[:, None] * D + d_out[None, :], acc * inv_t, mask=mask)
+
+
+_BLOCKS = ({"BLOCK_N": 64, "BLOCK_M": 64, "BLOCK_D": 64}, {"BLOCK_N": 128, "BLOCK_M": 64, "BLOCK_D": 64})
+_FWD = Launcher(
+    _fwd_kernel,
+    configs(*[(b, w, st) for b in _BLOCKS for w, st in ((4, 3), (8, 3), (8, 2))]),
+    key=["D", "C"],
+    interpret=lambda kw: {"BLOCK_N": 16, "BLOCK_M": 16, "BLOCK_D": 16},
+)
+_BWD = Launcher(
+    _bwd_kernel,
+    configs(*[(b, w, 2) for b in _BLOCKS for w in (4, 8)]),
+    key=["D", "C", "BLOCK_DO"],
+    interpret=lambda kw: {"BLOCK_N": 16, "BLOCK_M": 16, "BLOCK_D": 16},
+)
+
+
+class TritonInstanceLoss(torch.autograd.Function):
+    """Fused forward and backward; saves two (N,) row statistics and the grouped bank."""
+
+    @staticmethod
+    def forward(ctx, weak, strong, bank, bank_labels, class_weights, temperature):
+        dt = common_dtype(weak, strong, bank)
+        w = weak.detach().to(dt).contiguous()  # (N, D)
+        s = strong.detach().to(dt).contiguous()  # (N, D)
+        cw = class_weights.detach().contiguous()  # (N, C)
+        rows, offsets = group_bank(bank, bank_labels, cw.shape[1], dt)  # (M, D), (C + 1,)
+        n, d = s.shape
+        loss = torch.empty(n, dtype=torch.float32, device=s.device)  # (N,)
+        stats = torch.empty(2, n, dtype=torch.float32, device=s.device)  # (2, N)
+        if n:
+            grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
+            _FWD[grid](w, s, rows, offsets, cw, loss, stats, n, d, cw.shape[1], LOG2E / temperature,
+                       UPCAST=INTERPRET, PREC=dot_precision(dt))
+        ctx.save_for_backward(w, s, rows, offsets, cw, stats)
+        ctx.temperature, ctx.input_dtype = temperature, strong.dtype
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor):
+        w, s, rows, offsets, cw, stats = ctx.saved_tensors
+        n, d = s.shape
+        grad = torch.zeros(n, d, dtype=torch.float32, device=s.device)  # (N, D)
+        block_do = min(next_pow2(d), 32 if INTERPRET else 128)
+        if n:
+            grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(d, block_do))  # noqa: E731
+            _BWD[grid](w, s, rows, offsets, cw, stats, grad_loss.float().contiguous(), grad, n, d, cw.shape[1],
+                       LOG2E / ctx.temperature, 1.0 / ctx.temperature, BLOCK_DO=block_do, UPCAST=INTERPRET,
+                       PREC=dot_precision(s.dtype))
+        return None, grad.to(ctx.input_dtype), None, None, None, None
+
+
+# --- public op ---
+
+
+def instance_consistency_loss(
+    weak: Tensor,
+    strong: Tensor,
+    bank: Tensor,
+    bank_labels: Tensor,
+    class_weights: Tensor,
+    temperature: float,
+    impl: str = "auto",
+) -> Tensor:
+    """Per-pixel instance consistency loss of the strong view against the weak view's class-weighted target.
+
+    Args:
+        weak: (N, D) float, the weak-view embeddings (a target: no gradient).
+        strong: (N, D) float, the strong-view embeddings (differentiable).
+        bank: (M, D) float (constant).
+        bank_labels: (M,) int64 in [0, C); -1 (any value outside [0, C)) = empty slot.
+        class_weights: (N, C) float >= 0, e.g. the weak view's class probabilities.
+        temperature: T > 0.
+        impl: "auto", "triton", "torch" (reference) or "chunked".
+    Returns:
+        (N,) float32 loss per row (0 where the target is empty).
+    """
+    check_float(OP, "weak", weak, 2)
+    check_float(OP, "strong", strong, 2)
+    check_float(OP, "bank", bank, 2)
+    check_float(OP, "class_weights", class_weights, 2)
+    dev = strong.device
+    for name, t in (("weak", weak), ("bank", bank), ("class_weights", class_weights)):
+        check_device(OP, name, t, dev)
+    if weak.shape != strong.shape:
+        raise ValueError(f"{OP}: weak and strong must have the same shape, got {tuple(weak.shape)} and "
+                         f"{tuple(strong.shape)}")
+    if bank.shape[1] != strong.shape[1]:
+        raise ValueError(f"{OP}: bank must have D = {strong.shape[1]} columns like strong, got {tuple(bank.shape)}")
+    if class_weights.shape[0] != strong.shape[0] or class_weights.shape[1] < 1:
+        raise ValueError(f"{OP}: class_weights must have shape ({strong.shape[0]}, C >= 1), "
+                         f"got {tuple(class_weights.shape)}")
+    check_index(OP, "bank_labels", bank_labels, (bank.shape[0],), dev)
+    temperature = check_positive(OP, "temperature", temperature)
+    impl = resolve_impl(impl, dev, OP)
+    if impl == "torch":
+        return instance_consistency_loss_reference(weak, strong, bank, bank_labels, class_weights, temperature)
+    if impl == "triton":
+        return TritonInstanceLoss.apply(weak, strong, bank, bank_labels, class_weights, temperature)
+    return ChunkedInstanceLoss.apply(weak, strong, bank, bank_labels, class_weights, temperature)

@@ -1,0 +1,70 @@
+"""Shared fixtures of the kernel tests: the implementations to compare, a closeness check that reports mismatches.
+
+Triton kernels run here under the interpreter (``TRITON_INTERPRET=1``, set below before udaseg.kernels is
+imported, because Triton chooses compile-or-interpret when a kernel is decorated). Shapes for the interpreter stay
+tiny (N <= 70, M <= 60, D <= 40) so the whole folder runs in about a minute on two cores.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from udaseg.kernels import _dispatch  # noqa: E402
+
+TRITON_ON_CPU = _dispatch.HAS_TRITON and _dispatch.INTERPRET
+NO_TRITON_REASON = (
+    "Triton kernels need CUDA or TRITON_INTERPRET=1 set before udaseg.kernels is first imported "
+    f"(triton installed: {_dispatch.HAS_TRITON}, interpreting: {_dispatch.INTERPRET})"
+)
+
+
+@pytest.fixture(
+    params=[
+        "torch",
+        "chunked",
+        pytest.param("triton", marks=pytest.mark.skipif(not TRITON_ON_CPU, reason=NO_TRITON_REASON)),
+    ]
+)
+def impl(request) -> str:
+    """Every implementation, compared against the float64 reference (the "torch" impl run on float64 inputs)."""
+    return request.param
+
+
+@pytest.fixture(
+    params=[
+        "chunked",
+        pytest.param("triton", marks=pytest.mark.skipif(not TRITON_ON_CPU, reason=NO_TRITON_REASON)),
+    ]
+)
+def fast_impl(request) -> str:
+    """The implementations that carry their own backward (custom autograd Functions)."""
+    return request.param
+
+
+def _close(actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float, what: str) -> None:
+    """assert_close after checking that -inf/inf sit in the same places; the message counts mismatches."""
+    actual, expected = actual.detach().double().cpu(), expected.detach().double().cpu()
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    same_inf = (torch.isinf(actual) == torch.isinf(expected)) & (~torch.isinf(expected) | (actual == expected))
+    assert same_inf.all(), f"{what}: {(~same_inf).sum().item()} infinities differ"
+    finite = torch.isfinite(expected)
+    bad = (actual[finite] - expected[finite]).abs() > atol + rtol * expected[finite].abs()
+    assert not torch.isnan(actual[finite]).any(), f"{what}: NaN where the reference is finite"
+    worst = (actual[finite] - expected[finite]).abs().max().item() if finite.any() else 0.0
+    assert not bad.any(), f"{what}: {bad.sum().item()} of {finite.sum().item()} values differ (max abs err {worst:.3g})"
+
+
+@pytest.fixture
+def assert_close():
+    """assert_close(actual, expected, atol=1e-5, rtol=1e-5, what="") with a mismatch count in the message."""
+
+    def check(actual, expected, atol: float = 1e-5, rtol: float = 1e-5, what: str = "") -> None:
+        _close(actual, expected, atol, rtol, what)
+
+    return check
+

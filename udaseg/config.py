@@ -1,0 +1,217 @@
+"""Typed configuration: dataclasses with commented defaults, a YAML file per experiment, `--set key=value` overrides.
+
+There is no inheritance chain: a YAML file states the values that differ from the defaults below, and the fully
+resolved config is written to the run folder and into every checkpoint. Method options live under `methods.<name>`
+and are checked against that method's own dataclass (`udaseg.methods`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value or key that does not exist or has the wrong type."""
+
+
+@dataclass
+class DataConfig:
+    source: str = "synthetic"  # NAME[:ROOT] of the labelled source domain (gta5, synthia, cityscapes, folder, synthetic)
+    target: str = "synthetic"  # NAME[:ROOT] of the unlabelled target domain (its labels are never read in training)
+    val: str = ""  # NAME[:ROOT] to evaluate on; empty = the target dataset
+    val_split: str = "val"  # split of `val` used for evaluation
+    protocol: int = 19  # classes in the reported mIoU: 19, 16 (SYNTHIA) or 13
+    crop: list[int] = field(default_factory=lambda: [128, 256])  # training crop (H, W)
+    source_resize: list[int] = field(default_factory=list)  # resize source images to (H, W) before cropping
+    target_resize: list[int] = field(default_factory=list)  # same for target images; empty = keep
+    scale_range: list[float] = field(default_factory=lambda: [0.75, 1.25])  # random scale before the crop
+    batch_size: int = 4  # images per domain per step (per process under DDP)
+    workers: int = 2  # DataLoader workers per domain
+    rcs: bool = True  # rare-class sampling of source images (DAFormer)
+    rcs_temperature: float = 0.01  # T in P(c) = softmax((1 - f_c) / T)
+    rcs_min_pixels: int = 50  # an image counts for class c when it has more pixels of c (3000 at 1280x720)
+    synthetic: dict[str, Any] = field(default_factory=dict)  # options of the synthetic benchmark: count, size, seed
+
+
+@dataclass
+class ModelConfig:
+    name: str = "compact"  # a name of udaseg.models.list_models()
+    pretrained: str = ""  # local .pth / .safetensors backbone weights; nothing is downloaded
+    kwargs: dict[str, Any] = field(default_factory=dict)  # extra arguments of the model function
+
+
+@dataclass
+class OptimConfig:
+    optimizer: str = "adamw"  # adamw (DAFormer) or sgd (DeepLabV2 papers)
+    lr: float = 1e-3  # backbone learning rate; heads get lr * head_lr_mult
+    head_lr_mult: float = 10.0  # DAFormer convention
+    weight_decay: float = 0.01
+    momentum: float = 0.9  # sgd only
+    warmup_iters: int = 100  # linear learning-rate warm-up
+    poly_power: float = 1.0  # poly decay to zero at the last iteration
+    grad_clip: float = 10.0  # max gradient norm; 0 disables
+
+
+@dataclass
+class TrainConfig:
+    method: str = "self_training"  # plug-ins joined by '+', e.g. dida+cpsl; source_only trains on source alone
+    warmup: str = "source_only"  # stage before adaptation: source_only or diga (symmetric distillation)
+    warmup_iters: int = 1200  # iterations of the warm-up stage (0 = adapt from the start)
+    iters: int = 1200  # iterations of the adaptation stage
+    ema: float = 0.99  # teacher momentum (0.999 in the papers' 40k-iteration schedules)
+    eval_every: int = 400  # evaluate the teacher on the target val set every N iterations (0 = only at the end)
+    eval_max_images: int = 0  # cap the periodic evaluation (0 = whole val set); the final one is always whole
+    ckpt_every: int = 400  # write last.pt every N iterations
+    log_every: int = 20  # metrics.jsonl row every N iterations
+    seed: int = 0
+    amp: bool = True  # bf16/fp16 autocast on CUDA (ignored on CPU)
+    channels_last: bool = True  # on CUDA
+    kernels: str = "auto"  # udaseg.kernels implementation: auto, triton or torch
+    device: str = "auto"  # auto, cpu, cuda
+    threads: int = 0  # torch CPU threads (0 = torch default)
+    samples: int = 4  # target images shown in samples.png
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    methods: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-method options: methods.dida.tau=0.1
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict[str, Any], source: str = "config") -> Config:
+    """Build a Config from nested dicts, checking every key and coercing scalar types."""
+    return _build(Config, data or {}, source)
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, found {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; valid keys: {sorted(names)}")
+    values = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, value, f"{where}.{name}")
+        else:
+            values[name] = coerce(value, hint, f"{where}.{name}")
+    return cls(**values)
+
+
+def coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check `value` against a type hint, converting int->float and str->number where unambiguous."""
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(hint):
+            try:
+                return coerce(value, arg, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: {value!r} is none of {hint}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, found {value!r}")
+        (arg,) = typing.get_args(hint) or (Any,)
+        return [coerce(v, arg, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, found {value!r}")
+        return dict(value)
+    if hint is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{where}: expected null, found {value!r}")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true/false, found {value!r}")
+    if hint in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, found {value!r}")
+        if isinstance(value, int) or (hint is float and isinstance(value, float)):
+            return hint(value)
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{where}: expected {hint.__name__}, found {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: expected a string, found {value!r}")
+    return value
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'optim.lr=3e-4' -> (['optim', 'lr'], 0.0003); the value is read as YAML ('[1, 2]', 'true', 'null')."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key=value, e.g. --set optim.lr=3e-4")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {text!r}: value is not valid YAML ({e})") from e
+    if isinstance(value, str) and _is_number(value):
+        value = float(value)  # YAML 1.1 reads '3e-4' as a string
+    return key.strip().split("."), value
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {text!r}: {k} is not a section")
+        node[keys[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults <- YAML file <- --set overrides, then checked."""
+    data: dict[str, Any] = {}
+    if path:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such config file")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e})") from e
+    data = apply_overrides(data, overrides or [])
+    return from_dict(data, str(path) if path else "config")
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def method_options(cls: type, options: dict[str, Any], name: str) -> Any:
+    """Instantiate a method's option dataclass from the `methods.<name>` section."""
+    return _build(cls, options or {}, f"methods.{name}")

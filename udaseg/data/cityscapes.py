@@ -1,0 +1,57 @@
+"""Cityscapes: `ROOT/leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png` with
+`ROOT/gtFine/<split>/<city>/<stem>_gtFine_labelTrainIds.png` (used when present, e.g. written by DAFormer's or
+cityscapesScripts' converters) or else `<stem>_gtFine_labelIds.png` (mapped through the labelId LUT).
+
+The unlabelled `train_extra`/`test` splits load with `labels=False` (all-ignore labels), as does a target-domain
+train split whose gtFine folder is absent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from udaseg.data.base import Augment, SegDataset, describe_folder, layout_error
+from udaseg.data.labels import CITYSCAPES_LUT, TRAINID_LUT
+
+LAYOUT = """  ROOT/
+    leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png
+    gtFine/<split>/<city>/<stem>_gtFine_labelIds.png        (or <stem>_gtFine_labelTrainIds.png)"""
+
+IMG_SUFFIX = "_leftImg8bit.png"
+
+
+def _find_labels(gt_root: Path, images: list[Path]) -> tuple[list[str] | None, bool]:
+    """(label paths, are_train_ids): labelTrainIds when every image has one, else labelIds when every image has
+    one, else (None, False)."""
+    for kind, is_train in (("labelTrainIds", True), ("labelIds", False)):
+        paths = [gt_root / img.parent.name / f"{img.name[: -len(IMG_SUFFIX)]}_gtFine_{kind}.png" for img in images]
+        if all(p.is_file() for p in paths):
+            return [str(p) for p in paths], is_train
+    return None, False
+
+
+def cityscapes(root: str | Path, split: str = "train", augment: Augment | None = None, labels: bool | None = None,
+               **kw) -> SegDataset:
+    """Cityscapes `split` (train/val/test/train_extra). `labels=None`: required, except where gtFine/<split> is
+    missing entirely (unlabelled target data); `labels=False`: never read them."""
+    root = Path(root).expanduser()
+    img_dir = root / "leftImg8bit" / split
+    images = sorted(img_dir.glob(f"*/*{IMG_SUFFIX}"))
+    if not images:
+        raise layout_error("cityscapes", root, LAYOUT, f"no *{IMG_SUFFIX} files for split '{split}': "
+                           f"{describe_folder(img_dir)}")
+    gt_root = root / "gtFine" / split
+    use_labels = gt_root.is_dir() if labels is None else labels
+    if not use_labels:
+        pairs, lut = [(str(img), None) for img in images], TRAINID_LUT
+    else:
+        found, is_train = _find_labels(gt_root, images)
+        if found is None:
+            missing = [str(img) for img in images if not any(
+                (gt_root / img.parent.name / f"{img.name[: -len(IMG_SUFFIX)]}_gtFine_{k}.png").is_file()
+                for k in ("labelIds", "labelTrainIds"))]
+            raise layout_error("cityscapes", root, LAYOUT, f"{len(missing)} of {len(images)} images have no "
+                               f"*_gtFine_labelIds.png / *_gtFine_labelTrainIds.png label in {gt_root}, e.g. "
+                               f"{missing[:3]}")
+        pairs, lut = list(zip(map(str, images), found)), TRAINID_LUT if is_train else CITYSCAPES_LUT
+    return SegDataset(pairs, name="cityscapes", root=str(root), split=split, lut=lut, augment=augment, **kw)

@@ -1,0 +1,104 @@
+"""Distributed data parallel through torchrun: process group, gradient averaging, state sync helpers.
+
+Gradients are averaged by hand after backward instead of wrapping the student in DistributedDataParallel:
+plug-ins run extra student forward passes per step and own trainable heads outside the model, which DDP's
+one-forward-one-backward bookkeeping does not allow. Buffers (BatchNorm statistics) are broadcast from rank 0
+after each step, as DDP's broadcast_buffers does.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+
+def init(device: torch.device) -> tuple[int, int]:
+    """Join the process group when launched by torchrun; returns (rank, world_size). gloo on CPU, NCCL on CUDA."""
+    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return 0, 1
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()
+
+
+def shutdown() -> None:
+    if world_size() > 1:
+        dist.destroy_process_group()
+
+
+def average_gradients(params: list[nn.Parameter]) -> None:
+    """All-reduce the mean of every gradient, in one flat buffer (a single collective per step)."""
+    if world_size() == 1:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world_size()
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def broadcast_module(module: nn.Module, buffers_only: bool = False) -> None:
+    """Copy rank 0's parameters and/or buffers to every rank."""
+    if world_size() == 1:
+        return
+    tensors = list(module.buffers()) if buffers_only else [*module.parameters(), *module.buffers()]
+    for t in tensors:
+        dist.broadcast(t.data, src=0)
+
+
+def all_reduce_mean(t: Tensor) -> Tensor:
+    """Mean of a tensor over ranks (returns a new tensor; the input is untouched)."""
+    if world_size() == 1:
+        return t.clone()
+    out = t.detach().clone()
+    dist.all_reduce(out)
+    return out / world_size()
+
+
+def all_reduce_sum(t: Tensor) -> Tensor:
+    if world_size() == 1:
+        return t.clone()
+    out = t.detach().clone()
+    dist.all_reduce(out)
+    return out
+
+
+def all_gather_cat(t: Tensor, dim: int = 0) -> Tensor:
+    """Concatenate equally shaped tensors from all ranks along `dim`, in rank order."""
+    if world_size() == 1:
+        return t
+    parts = [torch.empty_like(t) for _ in range(world_size())]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts, dim=dim)
+
+
+def broadcast_tensor(t: Tensor, src: int = 0) -> Tensor:
+    if world_size() > 1:
+        dist.broadcast(t, src=src)
+    return t

@@ -1,0 +1,1 @@
+"""Pieces of the training loop (udaseg/train.py reads top to bottom and calls these)."""
