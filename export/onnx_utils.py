@@ -146,7 +146,10 @@ def check_input_shape(shape: tuple[int, ...], expected: list, name: str = INPUT_
     """Raise ExportError naming every dim of ``shape`` that a graph input ``expected`` (ints or symbols) rejects."""
     if len(shape) != len(expected):
         raise ExportError(f"input '{name}' has rank {len(expected)} {expected}, got shape {tuple(shape)}")
-    bad = [f"dim {i}: expected {e}, got {s}" for i, (s, e) in enumerate(zip(shape, expected))
-           if isinstance(e, int) and e > 0 and s != e]  # fmt: skip
+    bad = [
+        f"dim {i}: expected {e}, got {s}"
+        for i, (s, e) in enumerate(zip(shape, expected))
+        if isinstance(e, int) and e > 0 and s != e
+    ]
     if bad:
         raise ExportError(f"input shape {tuple(shape)} does not fit input '{name}' {expected}: " + "; ".join(bad))

@@ -34,8 +34,15 @@ def _dims(shape: tuple[int, ...]) -> str:
     return "x".join(str(d) for d in shape)
 
 
-def provider_options(provider: str, graph: str, precision: str | None = None, cache_dir: str | os.PathLike = ".",
-                     profile: Profile | None = None, workspace_mb: int = 4096, device_id: int = 0) -> list:  # fmt: skip
+def provider_options(
+    provider: str,
+    graph: str,
+    precision: str | None = None,
+    cache_dir: str | os.PathLike = ".",
+    profile: Profile | None = None,
+    workspace_mb: int = 4096,
+    device_id: int = 0,
+) -> list:
     """The ``providers`` list for ``onnxruntime.InferenceSession`` (no onnxruntime import: testable anywhere).
 
     ``graph``: the ONNX's precision (fp32|fp16|int8); ``precision``: what the engine should compute in (default
@@ -75,8 +82,14 @@ def provider_options(provider: str, graph: str, precision: str | None = None, ca
     return [(EP_NAMES["tensorrt"], opts), cuda, EP_NAMES["cpu"]]
 
 
-def make_session(onnx_path: str | os.PathLike, provider: str = "tensorrt", cache_dir: str | os.PathLike = ".",
-                 precision: str | None = None, profile: Profile | None = None, workspace_mb: int = 4096):  # fmt: skip
+def make_session(
+    onnx_path: str | os.PathLike,
+    provider: str = "tensorrt",
+    cache_dir: str | os.PathLike = ".",
+    precision: str | None = None,
+    profile: Profile | None = None,
+    workspace_mb: int = 4096,
+):
     """An InferenceSession on ``provider``; raises ProviderUnavailable instead of falling back to the CPU."""
     import onnxruntime as ort
 
@@ -93,15 +106,24 @@ def make_session(onnx_path: str | os.PathLike, provider: str = "tensorrt", cache
     providers = provider_options(provider, graph_precision(model), precision, cache_dir, profile, workspace_mb)
     session = ort.InferenceSession(str(onnx_path), providers=providers)
     if session.get_providers()[0] != wanted:
-        raise ProviderUnavailable(f"{wanted} failed to start (session runs on {session.get_providers()}); "
-                                  "see onnxruntime's log for the missing library")  # fmt: skip
+        raise ProviderUnavailable(
+            f"{wanted} failed to start (session runs on {session.get_providers()}); "
+            "see onnxruntime's log for the missing library"
+        )
     log.info("%s on %s (%s)", onnx_path, wanted, get_metadata(model).get("precision", graph_precision(model)))
     return session
 
 
-def warm_up_session(onnx_path: str | os.PathLike, provider: str, cache_dir: str | os.PathLike,
-                    precision: str | None = None, min_s: str | None = None, opt_s: str | None = None,
-                    max_s: str | None = None, workspace_mb: int = 4096) -> float:  # fmt: skip
+def warm_up_session(
+    onnx_path: str | os.PathLike,
+    provider: str,
+    cache_dir: str | os.PathLike,
+    precision: str | None = None,
+    min_s: str | None = None,
+    opt_s: str | None = None,
+    max_s: str | None = None,
+    workspace_mb: int = 4096,
+) -> float:
     """Create the session and run it once at the opt shape, so TensorRT's engine lands in ``cache_dir``."""
     inp = input_spec(load_onnx(onnx_path))
     profile = resolve_profile(inp["name"], inp["shape"], min_s, opt_s, max_s)

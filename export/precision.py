@@ -7,8 +7,8 @@ ONNX Runtime runs both on the CPU, so their accuracy is measured here without a 
   converting, every intermediate float tensor of the fp32 graph is measured on sample images: a value beyond the
   float16 range (65504) raises instead of producing an engine that scores 0 mIoU (TensorRT #3893).
 - INT8: ``onnxruntime.quantization.quantize_static`` in QDQ format, symmetric int8 activations and per-channel
-  symmetric weights (the form TensorRT >= 10 consumes), on Conv/MatMul/Gemm only, so resize, argmax and the
-  class-map casts stay float/int as exported.
+  symmetric weights, float biases (the form TensorRT >= 10 consumes), on Conv/MatMul/Gemm only, so resize, argmax
+  and the class-map casts stay float/int as exported.
 """
 
 from __future__ import annotations
@@ -132,8 +132,11 @@ def quantize_int8(
         raise ExportError("int8 calibration needs at least one image: pass --calib NAME:ROOT with target images")
     if method not in CALIBRATION_METHODS:
         raise ExportError(f"unknown calibration method {method!r}; choose one of {', '.join(CALIBRATION_METHODS)}")
-    calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                 "percentile": CalibrationMethod.Percentile}[method]  # fmt: skip
+    calibrate = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[method]
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
         # Shape inference only: ORT's graph optimisations would merge the Cast chain of the uint8 class map,
@@ -149,7 +152,8 @@ def quantize_int8(
             weight_type=QuantType.QInt8,
             op_types_to_quantize=QUANTIZED_OPS,
             calibrate_method=calibrate,
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+            # Biases stay float: TensorRT fuses them into the quantized convolution and has no int32 dequantize.
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
         )
     log.info("int8 Q/DQ model calibrated on %d images (%s)", len(feeds), method)
 

@@ -104,11 +104,12 @@ def argmax(logits: np.ndarray, dtype: type = np.uint8) -> np.ndarray:
 
 
 def exp_neg(x: np.ndarray) -> np.ndarray:
-    """``exp(x)`` for ``x <= 0``: Cephes' expf polynomial (relative error < 2e-7), clamped below at -87.
+    """``exp(x)`` for ``x <= 0``: Cephes' expf polynomial (relative error < 2e-7), clamped below at -87 (NaN too).
 
     Written out instead of ``np.exp`` so that C++ (which would call the platform's ``expf``) gets the same bits.
     """
-    x = np.maximum(np.asarray(x, dtype=_F), _F(-87.0))
+    x = np.asarray(x, dtype=_F)
+    x = np.where(x >= _F(-87.0), x, _F(-87.0))  # NaN and -inf clamp too: defined, and the same in C++
     n = np.rint(x * _F(1.44269504088896341))
     r = x - n * _F(0.693359375)  # ln 2 in two parts: n * 0.693359375 is exact
     r = r - n * _F(-2.12194440e-4)

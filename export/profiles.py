@@ -77,8 +77,9 @@ def resolve_profile(
                 raise ExportError(f"--{key} {shape}: dim {i} is static {d} in the ONNX input {name!r} {onnx_shape}")
     for i in range(len(onnx_shape)):
         if not profile.min[i] <= profile.opt[i] <= profile.max[i]:
-            raise ExportError(f"profile dim {i}: need min <= opt <= max, got {profile.min[i]}, {profile.opt[i]}, "
-                              f"{profile.max[i]}")  # fmt: skip
+            raise ExportError(
+                f"profile dim {i}: need min <= opt <= max, got {profile.min[i]}, {profile.opt[i]}, {profile.max[i]}"
+            )
     return profile
 
 
@@ -86,8 +87,11 @@ def check_in_profile(shape: Shape, profile: Profile) -> None:
     """Raise ExportError naming every dim of ``shape`` outside ``profile`` (the engine's accepted range)."""
     if len(shape) != len(profile.min):
         raise ExportError(f"input {profile.name!r} takes rank {len(profile.min)} shapes, got {tuple(shape)}")
-    bad = [f"dim {i} = {s} not in [{lo}, {hi}]" for i, (s, lo, hi) in enumerate(zip(shape, profile.min, profile.max))
-           if not lo <= s <= hi]  # fmt: skip
+    bad = [
+        f"dim {i} = {s} not in [{lo}, {hi}]"
+        for i, (s, lo, hi) in enumerate(zip(shape, profile.min, profile.max))
+        if not lo <= s <= hi
+    ]
     if bad:
         raise ExportError(
             f"input shape {tuple(shape)} is outside the engine's profile for {profile.name!r} "

@@ -72,16 +72,23 @@ class ExportConfig:
     opset: int = 18  # the dynamo exporter's minimum
 
     def validate(self) -> None:
-        choices = {"dynamic": ("none", "batch", "all"), "output_mode": OUTPUT_MODES,
-                   "labels_dtype": ("int32", "uint8"), "input_dtype": ("float32", "uint8"), "precision": PRECISIONS}
-        for key, allowed in choices.items():  # fmt: skip
+        choices = {
+            "dynamic": ("none", "batch", "all"),
+            "output_mode": OUTPUT_MODES,
+            "labels_dtype": ("int32", "uint8"),
+            "input_dtype": ("float32", "uint8"),
+            "precision": PRECISIONS,
+        }
+        for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ExportError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
         if self.height <= 0 or self.width <= 0:
             raise ExportError(f"height and width must be positive, got {self.height}x{self.width}")
         if self.dynamic == "all" and min(self.height, self.width) < MIN_DYNAMIC_SIZE:
-            raise ExportError(f"a dynamic graph needs an example size of at least {MIN_DYNAMIC_SIZE} pixels a side, "
-                              f"got {self.height}x{self.width}")
+            raise ExportError(
+                f"a dynamic graph needs an example size of at least {MIN_DYNAMIC_SIZE} pixels a side, "
+                f"got {self.height}x{self.width}"
+            )
         if self.precision == "int8" and not self.calib:
             raise ExportError("--precision int8 needs calibration images: --calib NAME:ROOT (target domain)")
 
@@ -115,8 +122,9 @@ def output_names(output_mode: str) -> list[str]:
     return {"labels": ["labels"], "logits": ["logits"], "both": ["labels", "logits"]}[output_mode]
 
 
-def load_checkpoint_model(path: str | os.PathLike, expect_name: str | None = None,
-                          expect_classes: int | None = None) -> tuple[nn.Module, dict]:
+def load_checkpoint_model(
+    path: str | os.PathLike, expect_name: str | None = None, expect_classes: int | None = None
+) -> tuple[nn.Module, dict]:
     """``udaseg.checkpoint.load_model`` with every failure as an ExportError naming the file and the mismatch."""
     from udaseg.checkpoint import load_model
 
@@ -126,8 +134,10 @@ def load_checkpoint_model(path: str | os.PathLike, expect_name: str | None = Non
         raise ExportError(f"cannot export {path}: {e}") from e
     except RuntimeError as e:  # load_state_dict: same keys, other shapes (e.g. another class count)
         first = str(e).strip().splitlines()
-        raise ExportError(f"{path}: weights do not fit the architecture its model_spec names "
-                          f"({info_line(path)}): {' '.join(first[:3])}") from e  # fmt: skip
+        raise ExportError(
+            f"{path}: weights do not fit the architecture its model_spec names "
+            f"({info_line(path)}): {' '.join(first[:3])}"
+        ) from e
     return model.eval(), info
 
 
@@ -168,9 +178,15 @@ def export_fp32(graph: SegmentationGraph, path: Path, cfg: ExportConfig) -> None
         torch_log.setLevel(logging.ERROR)  # "torchvision is not installed" and the like
     try:
         with torch.no_grad(), contextlib.redirect_stdout(captured):  # the exporter prints progress lines
-            program = torch.onnx.export(graph, (example,), dynamo=True, input_names=[INPUT_NAME],
-                                        output_names=names, dynamic_shapes=_dynamic_shapes(cfg.dynamic),
-                                        opset_version=cfg.opset)
+            program = torch.onnx.export(
+                graph,
+                (example,),
+                dynamo=True,
+                input_names=[INPUT_NAME],
+                output_names=names,
+                dynamic_shapes=_dynamic_shapes(cfg.dynamic),
+                opset_version=cfg.opset,
+            )
     finally:
         torch_log.setLevel(level)
     log.debug("exporter output:\n%s", captured.getvalue())
@@ -216,10 +232,15 @@ def export_onnx(checkpoint: str | os.PathLike, output: str | os.PathLike, cfg: E
     graph = SegmentationGraph(model, cfg.output_mode, cfg.labels_dtype, cfg.input_dtype).eval()
     spec = info["model_spec"]
     meta = {
-        "model": spec["name"], "num_classes": int(spec["num_classes"]), "model_kwargs": spec.get("kwargs", {}),
-        "checkpoint": str(checkpoint), "checkpoint_sha256": file_sha256(checkpoint), "weights": info["weights"],
-        "export": asdict(cfg), "torch": torch.__version__,
-    }  # fmt: skip
+        "model": spec["name"],
+        "num_classes": int(spec["num_classes"]),
+        "model_kwargs": spec.get("kwargs", {}),
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": file_sha256(checkpoint),
+        "weights": info["weights"],
+        "export": asdict(cfg),
+        "torch": torch.__version__,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = output if cfg.precision == "fp32" else Path(tmp) / "fp32.onnx"
         export_fp32(graph, fp32, cfg)
@@ -232,8 +253,9 @@ def export_onnx(checkpoint: str | os.PathLike, output: str | os.PathLike, cfg: E
     return output
 
 
-def convert_onnx(fp32: str | os.PathLike, output: str | os.PathLike, precision: str,
-                 cfg: ExportConfig | None = None) -> Path:
+def convert_onnx(
+    fp32: str | os.PathLike, output: str | os.PathLike, precision: str, cfg: ExportConfig | None = None
+) -> Path:
     """fp16 or int8 version of an fp32 ONNX written by ``export_onnx`` (its metadata carried over, updated)."""
     import onnx
 
@@ -269,12 +291,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output", required=True, help="ONNX file to write")
     p.add_argument("--height", type=int, default=d.height, help="input height (example height when dynamic)")
     p.add_argument("--width", type=int, default=d.width, help="input width (example width when dynamic)")
-    p.add_argument("--dynamic", nargs="?", const="all", default="none", choices=["none", "batch", "all"],
-                   help="dynamic batch/height/width ('--dynamic' alone: all; 'batch': batch only)")
+    p.add_argument(
+        "--dynamic",
+        nargs="?",
+        const="all",
+        default="none",
+        choices=["none", "batch", "all"],
+        help="dynamic batch/height/width ('--dynamic' alone: all; 'batch': batch only)",
+    )
     p.add_argument("--output-mode", default=d.output_mode, choices=OUTPUT_MODES, help="class map, logits or both")
     p.add_argument("--labels-dtype", default=d.labels_dtype, choices=["int32", "uint8"], help="class map dtype")
-    p.add_argument("--input-dtype", default=d.input_dtype, choices=["float32", "uint8"],
-                   help="float32 in [0, 1] or uint8 in [0, 255] (scaled inside the graph)")
+    p.add_argument(
+        "--input-dtype",
+        default=d.input_dtype,
+        choices=["float32", "uint8"],
+        help="float32 in [0, 1] or uint8 in [0, 255] (scaled inside the graph)",
+    )
     p.add_argument("--precision", default=d.precision, choices=PRECISIONS, help="fp32, fp16 (converted) or int8 Q/DQ")
     p.add_argument("--calib", default=None, help="NAME[:ROOT] target images for int8 calibration / fp16 range check")
     p.add_argument("--calib-split", default=d.calib_split, help="split of --calib to use")
@@ -288,10 +320,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     setup_logging(args.verbose)
-    cfg = ExportConfig(height=args.height, width=args.width, dynamic=args.dynamic, output_mode=args.output_mode,
-                       labels_dtype=args.labels_dtype, input_dtype=args.input_dtype, precision=args.precision,
-                       calib=args.calib, calib_split=args.calib_split, calib_images=args.calib_images,
-                       calib_method=args.calib_method, opset=args.opset)  # fmt: skip
+    cfg = ExportConfig(
+        height=args.height,
+        width=args.width,
+        dynamic=args.dynamic,
+        output_mode=args.output_mode,
+        labels_dtype=args.labels_dtype,
+        input_dtype=args.input_dtype,
+        precision=args.precision,
+        calib=args.calib,
+        calib_split=args.calib_split,
+        calib_images=args.calib_images,
+        calib_method=args.calib_method,
+        opset=args.opset,
+    )
     path = export_onnx(args.checkpoint, args.output, cfg)
     log.info("%s:\n%s", path, format_io(describe_io(load_onnx(path, check=False))))
     return path

@@ -124,11 +124,23 @@ def plan_precision(requested: str | None, graph: str, major: int) -> BuildPlan:
         )
     if requested == "fp16" and graph == "fp32":
         if major == 10:
-            return BuildPlan("fp16", graph, strongly_typed=False, builder_flags=["FP16"],
-                             notes=["TensorRT 10: weakly typed network with BuilderFlag.FP16 (per-layer choice); "
-                                    "export --precision fp16 for the same engine on TensorRT 10 and 11"])  # fmt: skip
-        return BuildPlan("fp16", graph, strongly_typed=True, convert_to_fp16=True,
-                         notes=["TensorRT 11 has no FP16 flag: the fp32 graph is converted to fp16 first"])  # fmt: skip
+            return BuildPlan(
+                "fp16",
+                graph,
+                strongly_typed=False,
+                builder_flags=["FP16"],
+                notes=[
+                    "TensorRT 10: weakly typed network with BuilderFlag.FP16 (per-layer choice); "
+                    "export --precision fp16 for the same engine on TensorRT 10 and 11"
+                ],
+            )
+        return BuildPlan(
+            "fp16",
+            graph,
+            strongly_typed=True,
+            convert_to_fp16=True,
+            notes=["TensorRT 11 has no FP16 flag: the fp32 graph is converted to fp16 first"],
+        )
     raise ExportError(
         f"this ONNX graph is {graph}, so the engine would be {graph}, not {requested}: TensorRT takes precision from "
         f"the graph; export the model again with export/to_onnx.py --precision {requested}"
@@ -159,8 +171,9 @@ class OnnxInfo:
     profile: Profile
 
 
-def inspect_onnx(path: str | os.PathLike, min_s: str | None = None, opt_s: str | None = None,
-                 max_s: str | None = None) -> OnnxInfo:  # fmt: skip
+def inspect_onnx(
+    path: str | os.PathLike, min_s: str | None = None, opt_s: str | None = None, max_s: str | None = None
+) -> OnnxInfo:
     """Load and check the ONNX, log its I/O, and resolve the input profile (all before TensorRT is needed)."""
     model = load_onnx(path)
     io = describe_io(model)
@@ -185,8 +198,12 @@ def _fp16_copy(onnx_info: OnnxInfo, engine: Path) -> Path:
     feed = {onnx_info.profile.name: x if dtype == "uint8" else x.astype(np.float32) / 255}
     out = engine.with_suffix(".fp16.onnx")
     onnx.save(convert_fp16(load_onnx(onnx_info.path), [feed]), str(out))
-    log.warning("converted %s to fp16 as %s (range-checked on random images only: for real images use "
-                "export/to_onnx.py --precision fp16 --calib NAME:ROOT)", onnx_info.path, out)  # fmt: skip
+    log.warning(
+        "converted %s to fp16 as %s (range-checked on random images only: for real images use "
+        "export/to_onnx.py --precision fp16 --calib NAME:ROOT)",
+        onnx_info.path,
+        out,
+    )
     return out
 
 
@@ -274,8 +291,9 @@ def build_engine(
         cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
     meta = engine_metadata(trt, engine, plan, onnx_info, source, gpu, workspace_mb, seconds)
     Path(str(engine_path) + ".json").write_text(json.dumps(meta, indent=1))
-    log.info("wrote %s (%s, TensorRT %s, %s, built in %.0f s)", engine_path, plan.precision, trt.__version__, gpu,
-             seconds)  # fmt: skip
+    log.info(
+        "wrote %s (%s, TensorRT %s, %s, built in %.0f s)", engine_path, plan.precision, trt.__version__, gpu, seconds
+    )
     return meta
 
 
@@ -285,39 +303,62 @@ def engine_io(trt, engine) -> list[dict]:
     for i in range(engine.num_io_tensors):
         name = engine.get_tensor_name(i)
         is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
-        out.append({"name": name, "kind": "input" if is_input else "output",
-                    "dtype": str(engine.get_tensor_dtype(name)).split(".")[-1].lower(),
-                    "shape": list(engine.get_tensor_shape(name))})  # fmt: skip
+        out.append(
+            {
+                "name": name,
+                "kind": "input" if is_input else "output",
+                "dtype": str(engine.get_tensor_dtype(name)).split(".")[-1].lower(),
+                "shape": list(engine.get_tensor_shape(name)),
+            }
+        )
     return out
 
 
-def engine_metadata(trt, engine, plan: BuildPlan, onnx_info: OnnxInfo, source: Path, gpu: str, workspace_mb: int,
-                    seconds: float) -> dict:  # fmt: skip
+def engine_metadata(
+    trt, engine, plan: BuildPlan, onnx_info: OnnxInfo, source: Path, gpu: str, workspace_mb: int, seconds: float
+) -> dict:
     """What ``<engine>.json`` holds: shapes, precision, TensorRT version, GPU, and the ONNX's udaseg metadata."""
     from udaseg.export.to_onnx import file_sha256
 
     return {
-        "onnx": str(onnx_info.path), "built_from": str(source), "onnx_sha256": file_sha256(source),
-        "precision": plan.precision, "build_plan": asdict(plan), "tensorrt": trt.__version__, "gpu": gpu,
-        "host": platform.node(), "profile": onnx_info.profile.as_dict(), "io": engine_io(trt, engine),
-        "workspace_mb": workspace_mb, "build_seconds": round(seconds, 1), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "onnx": str(onnx_info.path),
+        "built_from": str(source),
+        "onnx_sha256": file_sha256(source),
+        "precision": plan.precision,
+        "build_plan": asdict(plan),
+        "tensorrt": trt.__version__,
+        "gpu": gpu,
+        "host": platform.node(),
+        "profile": onnx_info.profile.as_dict(),
+        "io": engine_io(trt, engine),
+        "workspace_mb": workspace_mb,
+        "build_seconds": round(seconds, 1),
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         "udaseg": onnx_info.metadata,
-    }  # fmt: skip
+    }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--onnx", required=True, help="ONNX file from export/to_onnx.py")
     p.add_argument("--engine", required=True, help="engine file to write (a cache folder with --ort-provider)")
-    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default=None,
-                   help="default: the ONNX graph's precision (see the table in the module docstring)")
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "fp16", "int8"],
+        default=None,
+        help="default: the ONNX graph's precision (see the table in the module docstring)",
+    )
     p.add_argument("--min", dest="min_shape", help="smallest input shape, e.g. 1x3x512x1024 (dynamic ONNX only)")
     p.add_argument("--opt", dest="opt_shape", help="shape TensorRT optimises for (dynamic ONNX only)")
     p.add_argument("--max", dest="max_shape", help="largest input shape (dynamic ONNX only)")
     p.add_argument("--workspace", type=int, default=4096, help="builder workspace limit in MiB")
     p.add_argument("--timing-cache", default=None, help="timing cache file, read if present and written back")
-    p.add_argument("--ort-provider", choices=["tensorrt", "cuda"], default=None,
-                   help="build/run through ONNX Runtime's execution provider instead of the TensorRT API")
+    p.add_argument(
+        "--ort-provider",
+        choices=["tensorrt", "cuda"],
+        default=None,
+        help="build/run through ONNX Runtime's execution provider instead of the TensorRT API",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
 
@@ -329,11 +370,27 @@ def main(argv: list[str] | None = None) -> int:
         if args.ort_provider:
             from udaseg.export.ort_providers import warm_up_session
 
-            warm_up_session(args.onnx, args.ort_provider, args.engine, args.precision, args.min_shape,
-                            args.opt_shape, args.max_shape, args.workspace)  # fmt: skip
+            warm_up_session(
+                args.onnx,
+                args.ort_provider,
+                args.engine,
+                args.precision,
+                args.min_shape,
+                args.opt_shape,
+                args.max_shape,
+                args.workspace,
+            )
         else:
-            build_engine(args.onnx, args.engine, args.precision, args.min_shape, args.opt_shape, args.max_shape,
-                         args.workspace, args.timing_cache)  # fmt: skip
+            build_engine(
+                args.onnx,
+                args.engine,
+                args.precision,
+                args.min_shape,
+                args.opt_shape,
+                args.max_shape,
+                args.workspace,
+                args.timing_cache,
+            )
     except (TensorRTUnavailable, BuildError, ExportError, RuntimeError) as e:
         log.error("to_trt: %s", e)
         return 2

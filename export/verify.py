@@ -63,6 +63,10 @@ class Graph:
     shapes: set = field(default_factory=set)
 
 
+def _arch(name: str | None, kwargs: dict) -> str:
+    return f"{name}({', '.join(f'{k}={v}' for k, v in sorted(kwargs.items()))})"
+
+
 def open_graph(path: str | os.PathLike, spec: dict, num_classes: int, checkpoint_sha: str | None) -> Graph:
     """Load an ONNX file and check it belongs to the checkpoint (architecture, class count, outputs)."""
     from udaseg.evaluate import ConfusionMatrix
@@ -70,8 +74,9 @@ def open_graph(path: str | os.PathLike, spec: dict, num_classes: int, checkpoint
     model = load_onnx(path)
     meta = get_metadata(model)
     problems = []
-    if meta and meta.get("model") != spec["name"]:
-        problems.append(f"architecture: ONNX {meta.get('model')!r}, checkpoint {spec['name']!r}")
+    ours, theirs = _arch(meta.get("model"), meta.get("model_kwargs", {})), _arch(spec["name"], spec.get("kwargs", {}))
+    if meta and ours != theirs:
+        problems.append(f"architecture: ONNX {ours}, checkpoint {theirs}")
     if meta and int(meta.get("num_classes", -1)) != int(spec["num_classes"]):
         problems.append(f"classes: ONNX {meta.get('num_classes')}, checkpoint {spec['num_classes']}")
     io = describe_io(model)
@@ -86,13 +91,24 @@ def open_graph(path: str | os.PathLike, spec: dict, num_classes: int, checkpoint
     if not meta:
         log.warning("%s has no udaseg metadata (not written by to_onnx.py): checking by tensor names only", path)
     elif checkpoint_sha and meta.get("checkpoint_sha256") not in (None, checkpoint_sha):
-        log.warning("%s was exported from another checkpoint file (%s); expect disagreement if its weights differ",
-                    path, meta.get("checkpoint"))  # fmt: skip
+        log.warning(
+            "%s was exported from another checkpoint file (%s); expect disagreement if its weights differ",
+            path,
+            meta.get("checkpoint"),
+        )
     inp = input_spec(model)
     h, w = inp["shape"][2:]
     static = (h, w) if isinstance(h, int) and isinstance(w, int) else None
-    return Graph(Path(path), ort_session(path), meta.get("precision") or graph_precision(model), inp["dtype"], static,
-                 outputs, cm=ConfusionMatrix(num_classes), ref_cm=ConfusionMatrix(num_classes))  # fmt: skip
+    return Graph(
+        Path(path),
+        ort_session(path),
+        meta.get("precision") or graph_precision(model),
+        inp["dtype"],
+        static,
+        outputs,
+        cm=ConfusionMatrix(num_classes),
+        ref_cm=ConfusionMatrix(num_classes),
+    )
 
 
 def _reference(model, x: np.ndarray) -> np.ndarray:
@@ -151,12 +167,14 @@ def verify(
 
     model, info = load_checkpoint_model(checkpoint)
     spec = info["model_spec"]
-    data = open_dataset(dataset, split=split, role="target", **(dataset_options or {}))
-    if getattr(data, "num_classes", spec["num_classes"]) != int(spec["num_classes"]):
-        raise ExportError(f"dataset {dataset} has {data.num_classes} classes, checkpoint {checkpoint} "
-                          f"{spec['num_classes']}: evaluate on a dataset with the model's classes")  # fmt: skip
     sha = file_sha256(checkpoint)
     graphs = [open_graph(p, spec, int(spec["num_classes"]), sha) for p in onnx_paths]
+    data = open_dataset(dataset, split=split, role="target", **(dataset_options or {}))
+    if getattr(data, "num_classes", spec["num_classes"]) != int(spec["num_classes"]):
+        raise ExportError(
+            f"dataset {dataset} has {data.num_classes} classes, checkpoint {checkpoint} "
+            f"{spec['num_classes']}: evaluate on a dataset with the model's classes"
+        )
     n = 0
     for sample in iter_samples(data, limit):
         cache: dict = {}
@@ -173,11 +191,17 @@ def _report(graphs: list[Graph], checkpoint, dataset: str, split: str, n: int) -
         agreement = 100.0 * g.agree / max(g.pixels, 1)
         miou, ref_miou = 100 * g.cm.miou(), 100 * g.ref_cm.miou()
         row = {
-            "onnx": str(g.path), "precision": g.precision, "input_dtype": g.input_dtype,
-            "sizes": sorted(g.shapes), "max_logit_diff": g.max_logit_diff if "logits" in g.outputs else None,
-            "pixel_agreement": agreement, "miou_pytorch": ref_miou, "miou_onnx": miou, "miou_drop": ref_miou - miou,
+            "onnx": str(g.path),
+            "precision": g.precision,
+            "input_dtype": g.input_dtype,
+            "sizes": sorted(g.shapes),
+            "max_logit_diff": g.max_logit_diff if "logits" in g.outputs else None,
+            "pixel_agreement": agreement,
+            "miou_pytorch": ref_miou,
+            "miou_onnx": miou,
+            "miou_drop": ref_miou - miou,
             "goal": goal,
-        }  # fmt: skip
+        }
         row["passed"] = (goal["min_agreement"] is None or agreement >= goal["min_agreement"]) and (
             row["miou_drop"] <= goal["max_miou_drop"]
         )
@@ -194,9 +218,11 @@ def format_report(report: dict) -> str:
     ]
     for r in report["graphs"]:
         diff = "-" if r["max_logit_diff"] is None else f"{r['max_logit_diff']:.3g}"
-        lines.append(f"| {Path(r['onnx']).name} | {r['precision']} | {diff} | {r['pixel_agreement']:.3f} | "
-                     f"{r['miou_pytorch']:.2f} | {r['miou_onnx']:.2f} | {r['miou_drop']:+.2f} | "
-                     f"{'yes' if r['passed'] else 'NO'} |")  # fmt: skip
+        lines.append(
+            f"| {Path(r['onnx']).name} | {r['precision']} | {diff} | {r['pixel_agreement']:.3f} | "
+            f"{r['miou_pytorch']:.2f} | {r['miou_onnx']:.2f} | {r['miou_drop']:+.2f} | "
+            f"{'yes' if r['passed'] else 'NO'} |"
+        )
     return "\n".join(lines)
 
 

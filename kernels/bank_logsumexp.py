@@ -25,6 +25,8 @@ from ._dispatch import (
     check_index,
     check_positive,
     chunk_rows,
+    exp_,
+    logsumexp_,
     next_pow2,
     resolve_impl,
 )
@@ -97,7 +99,7 @@ class ChunkedClassLSE(torch.autograd.Function):
         for c, _, part_t in _class_slices(rows, offsets):
             step = chunk_rows(part_t.shape[1])
             for s in range(0, q.shape[0], step):
-                out[s : s + step, c] = torch.logsumexp(q[s : s + step] @ part_t, dim=1)
+                out[s : s + step, c : c + 1] = logsumexp_(q[s : s + step] @ part_t)
         ctx.save_for_backward(query, rows, out)
         ctx.offsets = offsets
         return out
@@ -112,7 +114,7 @@ class ChunkedClassLSE(torch.autograd.Function):
             for s in range(0, q.shape[0], step):
                 sl = slice(s, s + step)
                 # d out[n, c] / d logit[n, m] = softmax within class c = exp(logit - out[n, c]).
-                weight = (q[sl] @ part_t).sub_(out[sl, c : c + 1]).exp_().mul_(grad_out[sl, c : c + 1])  # (R, Mc)
+                weight = exp_((q[sl] @ part_t).sub_(out[sl, c : c + 1])).mul_(grad_out[sl, c : c + 1])  # (R, Mc)
                 grad[sl] += weight @ part
         return grad.to(query.dtype), None, None, None, None
 

@@ -25,6 +25,8 @@ from ._dispatch import (
     check_index,
     check_positive,
     chunk_rows,
+    exp_,
+    logsumexp_,
     next_pow2,
     resolve_impl,
 )
@@ -63,14 +65,16 @@ def instance_consistency_loss_reference(
 # --- chunked torch (CPU fast path) ---
 
 
-def _chunk_logits(weak, strong, rows_t, log_w):
-    """One chunk: target log-weights a, strong logits, their row logsumexps and the target t."""
+def _target(weak: Tensor, rows_t: Tensor, log_w: Tensor) -> tuple[Tensor, Tensor]:
+    """Target of one chunk: t (R, Mv) normalised per row (a zero row for an empty target) and its log-normaliser
+    (R, 1), -inf for an empty target."""
     a = (weak @ rows_t).add_(log_w)  # (R, Mv)
-    s = strong @ rows_t  # (R, Mv)
-    lse_a = torch.logsumexp(a, dim=1, keepdim=True)  # (R, 1); -inf for an empty target
-    lse_s = torch.logsumexp(s, dim=1, keepdim=True)  # (R, 1)
-    t = (a - lse_a).exp_().nan_to_num_(nan=0.0)  # (R, Mv)
-    return s, t, lse_a, lse_s
+    peak = a.amax(1, keepdim=True)
+    peak = torch.where(torch.isfinite(peak), peak, 0.0)
+    t = exp_(a.sub_(peak), keep_neg_inf=True)  # (R, Mv), in place of a
+    total = t.sum(1, keepdim=True)  # (R, 1)
+    t.div_(torch.where(total > 0, total, 1.0))
+    return t, total.log().add_(peak)
 
 
 class ChunkedInstanceLoss(torch.autograd.Function):
@@ -83,29 +87,34 @@ class ChunkedInstanceLoss(torch.autograd.Function):
         rows = bank.detach()[valid].to(dt) / temperature  # (Mv, D), carries the 1/T
         labels = bank_labels[valid].long()  # (Mv,)
         log_cw = class_weights.detach().to(dt).log()  # (N, C)
-        loss = torch.zeros(weak.shape[0], dtype=dt, device=weak.device)  # (N,)
+        w, s = weak.detach().to(dt), strong.detach().to(dt)  # (N, D)
+        loss = torch.zeros(w.shape[0], dtype=dt, device=w.device)  # (N,)
         rows_t = rows.T.contiguous()  # (D, Mv)
         step = chunk_rows(2 * rows.shape[0])
-        for st in range(0, weak.shape[0], step):
+        for st in range(0, w.shape[0] if rows.shape[0] else 0, step):  # no valid slot: every target is empty
             sl = slice(st, st + step)
-            s, t, lse_a, lse_s = _chunk_logits(weak[sl].to(dt), strong[sl].to(dt), rows_t, log_cw[sl][:, labels])
-            chunk_loss = lse_s.squeeze(1) - (t * s).sum(1)
-            loss[sl] = torch.where(torch.isfinite(lse_a.squeeze(1)), chunk_loss, 0.0)
+            t, lse_t = _target(w[sl], rows_t, log_cw[sl][:, labels])  # (R, Mv), (R, 1)
+            logits = s[sl] @ rows_t  # (R, Mv)
+            cross = (t * logits).sum(1, keepdim=True)
+            chunk = logsumexp_(logits) - cross  # LSE(strong) - sum t * strong logit
+            loss[sl] = torch.where(torch.isfinite(lse_t), chunk, 0.0).squeeze(1)
         ctx.save_for_backward(weak, strong, rows, labels, log_cw)
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss: Tensor):
         weak, strong, rows, labels, log_cw = ctx.saved_tensors
-        grad = torch.zeros(strong.shape, dtype=rows.dtype, device=strong.device)  # (N, D)
+        w, s = weak.detach().to(rows.dtype), strong.detach().to(rows.dtype)  # (N, D)
+        grad = torch.zeros_like(s)  # (N, D)
         rows_t = rows.T.contiguous()
         step = chunk_rows(2 * rows.shape[0])
-        for st in range(0, weak.shape[0], step):
+        for st in range(0, w.shape[0] if rows.shape[0] else 0, step):
             sl = slice(st, st + step)
-            s, t, lse_a, lse_s = _chunk_logits(weak[sl].to(rows.dtype), strong[sl].to(rows.dtype), rows_t,
-                                               log_cw[sl][:, labels])
-            g = torch.where(torch.isfinite(lse_a), grad_loss[sl].unsqueeze(1).to(rows.dtype), 0.0)  # (R, 1)
-            grad[sl] = (s.sub_(lse_s).exp_().sub_(t).mul_(g)) @ rows  # (softmax - t) * g @ bank / T
+            t, lse_t = _target(w[sl], rows_t, log_cw[sl][:, labels])
+            logits = s[sl] @ rows_t  # (R, Mv)
+            p = exp_(logits.sub_(logsumexp_(logits.clone())))  # softmax of the strong logits
+            g = torch.where(torch.isfinite(lse_t), grad_loss[sl].unsqueeze(1).to(rows.dtype), 0.0)  # (R, 1)
+            grad[sl] = p.sub_(t).mul_(g) @ rows  # (softmax - t) * g @ bank / T
         return None, grad.to(strong.dtype), None, None, None, None
 
 

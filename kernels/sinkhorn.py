@@ -25,6 +25,8 @@ from ._dispatch import (
     check_float,
     check_positive,
     chunk_rows,
+    exp_,
+    logsumexp_,
     next_pow2,
     resolve_impl,
 )
@@ -68,7 +70,7 @@ def _column_lse(logits: Tensor, u: Tensor, step: int) -> Tensor:
         x = logits[s : s + step] + u[s : s + step, None]  # (R, K)
         new_peak = torch.maximum(peak, x.amax(0))
         safe = torch.where(torch.isfinite(new_peak), new_peak, 0.0)
-        total = total * torch.exp(peak - safe) + x.sub_(safe).exp_().sum(0)
+        total = total * torch.exp(peak - safe) + exp_(x.sub_(safe), keep_neg_inf=True).sum(0)
         peak = new_peak
     return peak + total.log()
 
@@ -87,7 +89,7 @@ def _sinkhorn_chunked(scores: Tensor, marginal: Tensor, epsilon: float, iteratio
     for _ in range(iterations):
         v = log_b - _column_lse(logits, u, step)
         for s in range(0, n, step):
-            u[s : s + step] = -math.log(n) - torch.logsumexp(logits[s : s + step] + v, dim=1)
+            u[s : s + step] = -math.log(n) - logsumexp_(logits[s : s + step] + v, keep_neg_inf=True).squeeze(1)
     out = logits  # reuse the buffer: out = exp(logits + u + v + log N)
     for s in range(0, n, step):
         out[s : s + step].add_(u[s : s + step, None]).add_(v + math.log(n)).exp_()

@@ -35,7 +35,6 @@ TINY = [
     "train.threads=1",
     "optim.warmup_iters=1",
     "model.kwargs={width: 8}",
-    "data.rcs=false",  # TEMP-DEV
 ]
 
 

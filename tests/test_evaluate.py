@@ -102,6 +102,20 @@ def test_all_reduce_without_process_group_is_a_no_op():
     assert cm.all_reduce() is cm and torch.equal(cm.mat, mat)
 
 
+def test_all_reduce_in_a_process_group(tmp_path):
+    """A one-rank gloo group runs the real all_reduce path (sum over ranks = the matrix itself)."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        cm = protocol_example()
+        mat = cm.mat.clone()
+        cm.all_reduce()
+        assert torch.equal(cm.mat, mat)
+    finally:
+        dist.destroy_process_group()
+
+
 # ----------------------------------------------------------------------------- inference
 class Pointwise(nn.Module):
     """Output stride 1, 1x1 conv: exactly translation-equivariant, so any sliding window equals the whole image."""

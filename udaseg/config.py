@@ -23,7 +23,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    source: str = "synthetic"  # NAME[:ROOT] of the labelled source domain (gta5, synthia, cityscapes, folder, synthetic)
+    source: str = "synthetic"  # NAME[:ROOT] of the labelled source: gta5, synthia, cityscapes, folder, synthetic
     target: str = "synthetic"  # NAME[:ROOT] of the unlabelled target domain (its labels are never read in training)
     val: str = ""  # NAME[:ROOT] to evaluate on; empty = the target dataset
     val_split: str = "val"  # split of `val` used for evaluation

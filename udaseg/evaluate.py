@@ -215,7 +215,7 @@ def evaluate(
     """
     from tqdm import tqdm
 
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = torch.device(device) if device is not None else next(model.parameters(), torch.empty(0)).device
     num_classes = int(getattr(model, "num_classes", 0) or _dataset_attr(dataset, "num_classes"))
     ignore = _dataset_attr(dataset, "ignore_index", IGNORE_INDEX)
     names = _dataset_attr(dataset, "class_names") or default_class_names(num_classes)
@@ -248,14 +248,16 @@ def format_table(result: dict, before: dict | None = None) -> str:
     for name, iou in result["per_class"].items():
         row = f"{name:<16}{cell(iou)}"
         if has_before:
-            b = before["per_class"].get(name)
+            b = before.get("per_class", {}).get(name)
             delta = None if iou is None or b is None else iou - b
             row += f" {cell(b)}" + (f" {'':>8}" if delta is None else f" {delta:>+8.2f}")
         lines.append(row)
     lines.append("-" * len(head))
     tail = f"{'mIoU (' + str(result['protocol']) + ' cl.)':<16}{cell(result['miou'])}"
     if has_before:
-        tail += f" {cell(before['miou'])} {result['miou'] - before['miou']:>+8.2f}"
+        b, a = before.get("miou"), result["miou"]
+        finite = a is not None and b is not None and not (math.isnan(a) or math.isnan(b))
+        tail += f" {cell(b)}" + (f" {a - b:>+8.2f}" if finite else "")
     lines.append(tail)
     if "pixel_acc" in result:
         lines.append(f"{'pixel acc.':<16}{cell(result['pixel_acc'])}")

@@ -77,7 +77,7 @@ def build_data(cfg: Config, out: Path, rank: int) -> dict[str, Any]:
     if d.rcs:
         from udaseg.data.rcs import class_stats
 
-        counts = class_stats(source, cache_dir=out / "cache")  # (num_images, C), computed once, cached in the run
+        counts = class_stats(source, cache_dir=out / "cache")  # (N, C), computed once, cached in the run folder
         rcs = D.rcs_tables(counts, d.rcs_temperature, d.rcs_min_pixels)
     view = dict(crop=d.crop, scale_range=d.scale_range, flip=True)
     return {
@@ -157,7 +157,7 @@ def step_generator(seed: int, iteration: int, rank: int) -> torch.Generator:
 
 
 def finite_or_report(losses: dict[str, torch.Tensor], iteration: int) -> bool:
-    bad = {k: float(v) for k, v in losses.items() if not torch.isfinite(v)}
+    bad = {k: float(v.detach()) for k, v in losses.items() if not torch.isfinite(v)}
     if bad:
         tqdm.write(f"iteration {iteration}: non-finite loss {bad}; step skipped, weights untouched")
     return not bad
@@ -450,7 +450,7 @@ def summary_table(before: dict | None, after: dict, stages: list[dict], cfg: Con
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m udaseg.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", help="YAML file of values that differ from the defaults (udaseg/config.py)")
-    p.add_argument("--source", help="labelled source dataset NAME[:ROOT] (gta5, synthia, cityscapes, folder, synthetic)")
+    p.add_argument("--source", help="labelled source NAME[:ROOT]: gta5, synthia, cityscapes, folder, synthetic")
     p.add_argument("--target", help="unlabelled target dataset NAME[:ROOT]")
     p.add_argument("--method", help="plug-ins joined by '+': source_only, self_training, dida, cpsl, ...")
     p.add_argument("--warmup", help="warm-up stage: source_only or diga")

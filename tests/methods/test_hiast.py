@@ -200,10 +200,14 @@ def test_trains_and_resumes_exactly(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_process_ddp_state_is_identical_on_both_ranks(tmp_path):
-    states = run_ddp(tiny_config("hiast", **TINY), tmp_path)
+def test_two_process_ddp_state_of_hiast_diga_tdi_is_identical_on_both_ranks(tmp_path):
+    """One DDP run for the three plug-ins of this file's family (spawning costs ~25 s a run)."""
+    cfg = tiny_config("hiast+diga+tdi", **TINY, **{"train.warmup": "diga", "methods.tdi.pixels": 64})
+    states = run_ddp(cfg, tmp_path)
     assert_states_equal(states[0], states[1])
-    assert states[0]["methods"]["hiast"]["pool"]["size"] == 4  # 2 ranks x batch 2 per step
+    methods = states[0]["methods"]
+    assert methods["hiast"]["pool"]["size"] == 4  # 2 ranks x batch 2 per step, gathered into one pool
+    assert methods["diga"]["updates"].sum() > 0
 
 
 def test_hooks_do_not_touch_fields_they_do_not_own():

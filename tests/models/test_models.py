@@ -42,8 +42,8 @@ def check_output(model, size, batch=2):
     return out
 
 
-@pytest.mark.parametrize("size", [(65, 97), (64, 128), (17, 9), (1, 1)])
-@pytest.mark.parametrize("kw", [{}, {"width": 8, "feature_dim": 32}, {"depth8": 1, "depth16": 1}])
+@pytest.mark.parametrize("size", [(65, 97), (17, 9), (1, 1)])
+@pytest.mark.parametrize("kw", [{}, {"width": 8, "feature_dim": 32, "depth8": 1, "depth16": 1}])
 def test_compact_shapes(size, kw):
     torch.manual_seed(0)
     model = build_model("compact", num_classes=7, **kw)
@@ -62,7 +62,7 @@ def test_compact_parameter_count():
 
 def test_compact_channels_last_matches():
     torch.manual_seed(0)
-    model = build_model("compact").eval()
+    model = build_model("compact", width=16).eval()
     x = torch.rand(2, 3, 40, 72)
     ref = model(x)["logits"]
     cl = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))["logits"]
@@ -126,6 +126,7 @@ def test_upsample_is_bilinear_without_corner_alignment():
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # raised inside torch.export
 def test_compact_exports_to_onnx_with_dynamic_size(tmp_path):
     """The dynamo exporter (torch's default) gives one graph for any H, W that matches ONNX Runtime."""
     pytest.importorskip("onnxscript")

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from udaseg.models import build_model
+from udaseg.models.deeplabv2 import DeepLabV2
 from udaseg.models.pretrained import load_pretrained
 
 
@@ -121,10 +122,10 @@ def test_torch_load_called_with_weights_only(tmp_path, monkeypatch):
 
 def test_advent_deeplab_layout_is_renamed(tmp_path):
     """AdvEnt/DACS name the ASPP layer5.conv2d_list; it loads into classifier.convs."""
-    src = build_model("deeplabv2_r50", num_classes=3)
+    src = DeepLabV2(num_classes=3, layers=(1, 1, 1, 1))  # the key layout of deeplabv2_r101, few blocks
     sd = {k.replace("classifier.convs.", "layer5.conv2d_list."): v for k, v in src.state_dict().items()}
     torch.save(sd, tmp_path / "advent.pth")
-    dst = build_model("deeplabv2_r50", num_classes=3)
+    dst = DeepLabV2(num_classes=3, layers=(1, 1, 1, 1))
     report = load_pretrained(dst, tmp_path / "advent.pth")
     assert not report.missing and not report.unexpected
     torch.testing.assert_close(dst.classifier.convs[2].weight, src.classifier.convs[2].weight)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from udaseg.data.base import Augment, LabelWarning, SegDataset
+from udaseg.data.base import Augment, DatasetWarning, LabelWarning, SegDataset
 from udaseg.data.cityscapes import cityscapes
 from udaseg.data.folder import folder
 from udaseg.data.gta5 import gta5
@@ -20,8 +20,8 @@ from udaseg.data.labels import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, PALETTE, 
 from udaseg.data.synthia import synthia
 
 __all__ = [
-    "Augment", "CLASS_NAMES", "DatasetError", "IGNORE_INDEX", "LabelWarning", "NUM_CLASSES", "PALETTE", "PROTOCOLS",
-    "SegDataset", "build_dataset", "colorize", "dataset_names", "parse_spec",
+    "Augment", "CLASS_NAMES", "DatasetError", "DatasetWarning", "IGNORE_INDEX", "LabelWarning", "NUM_CLASSES",
+    "PALETTE", "PROTOCOLS", "SegDataset", "build_dataset", "colorize", "dataset_names", "parse_spec",
 ]  # fmt: skip
 
 _LOADERS: dict[str, Callable[..., SegDataset]] = {

@@ -28,7 +28,11 @@ from udaseg.data.labels import CLASS_NAMES, IGNORE_INDEX, apply_lut
 LabelReader = Callable[[str], np.ndarray]
 
 
-class LabelWarning(UserWarning):
+class DatasetWarning(UserWarning):
+    """Something in a dataset folder was skipped (e.g. an image without a label)."""
+
+
+class LabelWarning(DatasetWarning):
     """Label files hold values the dataset format does not define (they are ignored)."""
 
 
@@ -182,6 +186,12 @@ def layout_error(name: str, root: str | Path, expected: str, found: str) -> Data
     return DatasetError(f"dataset '{name}' at {root}: {found}.\nExpected layout:\n{expected}")
 
 
+def require_root(name: str, root: Path, expected: str) -> None:
+    """Raise a layout error when the dataset root is not an existing folder."""
+    if not root.is_dir():
+        raise layout_error(name, root, expected, f"the root folder is missing: {describe_folder(root)}")
+
+
 def describe_folder(path: Path, limit: int = 8) -> str:
     """A short description of what a folder holds, for error messages."""
     if not path.exists():
@@ -203,5 +213,5 @@ def pair_by_stem(images: dict[str, Path], labels: dict[str, Path], name: str) ->
     if (lonely_img or lonely_lbl) and keys:
         warnings.warn(f"dataset '{name}': skipping {len(lonely_img)} images without a label "
                       f"(e.g. {[str(images[k]) for k in lonely_img[:3]]}) and {len(lonely_lbl)} labels without an "
-                      f"image (e.g. {[str(labels[k]) for k in lonely_lbl[:3]]})", LabelWarning, stacklevel=3)
+                      f"image (e.g. {[str(labels[k]) for k in lonely_lbl[:3]]})", DatasetWarning, stacklevel=3)
     return [(str(images[k]), str(labels[k])) for k in keys]

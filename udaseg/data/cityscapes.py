@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from udaseg.data.base import Augment, SegDataset, describe_folder, layout_error
+from udaseg.data.base import Augment, SegDataset, describe_folder, layout_error, require_root
 from udaseg.data.labels import CITYSCAPES_LUT, TRAINID_LUT
 
 LAYOUT = """  ROOT/
@@ -35,6 +35,7 @@ def cityscapes(root: str | Path, split: str = "train", augment: Augment | None =
     """Cityscapes `split` (train/val/test/train_extra). `labels=None`: required, except where gtFine/<split> is
     missing entirely (unlabelled target data); `labels=False`: never read them."""
     root = Path(root).expanduser()
+    require_root("cityscapes", root, LAYOUT)
     img_dir = root / "leftImg8bit" / split
     images = sorted(img_dir.glob(f"*/*{IMG_SUFFIX}"))
     if not images:
@@ -50,6 +51,10 @@ def cityscapes(root: str | Path, split: str = "train", augment: Augment | None =
             missing = [str(img) for img in images if not any(
                 (gt_root / img.parent.name / f"{img.name[: -len(IMG_SUFFIX)]}_gtFine_{k}.png").is_file()
                 for k in ("labelIds", "labelTrainIds"))]
+            if not missing:
+                raise layout_error("cityscapes", root, LAYOUT, f"{gt_root} mixes images labelled only by "
+                                   f"*_labelIds.png and only by *_labelTrainIds.png; expected one kind for all "
+                                   f"(re-run the label conversion for every image)")
             raise layout_error("cityscapes", root, LAYOUT, f"{len(missing)} of {len(images)} images have no "
                                f"*_gtFine_labelIds.png / *_gtFine_labelTrainIds.png label in {gt_root}, e.g. "
                                f"{missing[:3]}")

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from udaseg.data.base import Augment, SegDataset, describe_folder, layout_error, pair_by_stem
+from udaseg.data.base import Augment, SegDataset, describe_folder, layout_error, pair_by_stem, require_root
 from udaseg.data.gta5 import IMAGE_EXTS, index_folder
 from udaseg.data.io import DatasetError
 from udaseg.data.labels import CLASS_NAMES, IGNORE_INDEX, UNKNOWN
@@ -81,6 +81,7 @@ def _train_id(value, names: tuple[str, ...], path: Path) -> int:
 def folder(root: str | Path, split: str = "train", augment: Augment | None = None, **kw) -> SegDataset:
     """Images + masks + classes.yaml (see module docstring)."""
     root = Path(root).expanduser()
+    require_root("folder", root, LAYOUT)
     class_file = root / CLASS_FILE
     if not class_file.is_file():
         raise layout_error("folder", root, LAYOUT, f"{class_file} is missing; {describe_folder(root)}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from udaseg.data.base import Augment, SegDataset, describe_folder, layout_error, pair_by_stem
+from udaseg.data.base import Augment, SegDataset, describe_folder, layout_error, pair_by_stem, require_root
 from udaseg.data.labels import GTA5_LUT
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
@@ -51,6 +51,7 @@ def select_split(pairs: list[tuple[str, str]], root: Path, split: str, name: str
 def gta5(root: str | Path, split: str = "train", augment: Augment | None = None, **kw) -> SegDataset:
     """GTA5 dataset mapped to the 19 Cityscapes train ids."""
     root = Path(root).expanduser()
+    require_root("gta5", root, LAYOUT)
     images, labels = index_folder(root / "images"), index_folder(root / "labels", (".png",))
     if not images or not labels:
         missing = root / ("images" if not images else "labels")

@@ -53,10 +53,12 @@ CITYSCAPES_NUM_IDS = 34
 # GTA5 labels use the Cityscapes labelIds.
 GTA5_ID_TO_TRAINID = CITYSCAPES_ID_TO_TRAINID
 
-# SYNTHIA RAND-CITYSCAPES class id (first channel of GT/LABELS) -> trainId. SYNTHIA has no terrain (9),
-# truck (14) or train (16). Ids 0 void, 13 parking-slot, 14 road-work, 22 lanemarking are known, ignored.
+# SYNTHIA RAND-CITYSCAPES class id (first channel of GT/LABELS) -> trainId (DAFormer's table). Terrain (16),
+# truck (18) and train (20) are defined but never occur in the data. Ids 0 void, 13 parking-slot, 14 road-work,
+# 22 lanemarking are known and ignored.
 SYNTHIA_ID_TO_TRAINID: dict[int, int] = {
-    3: 0, 4: 1, 2: 2, 21: 3, 5: 4, 7: 5, 15: 6, 9: 7, 6: 8, 1: 10, 10: 11, 17: 12, 8: 13, 19: 15, 12: 17, 11: 18,
+    3: 0, 4: 1, 2: 2, 21: 3, 5: 4, 7: 5, 15: 6, 9: 7, 6: 8, 16: 9, 1: 10, 10: 11, 17: 12, 8: 13, 18: 14, 19: 15,
+    20: 16, 12: 17, 11: 18,
 }  # fmt: skip
 SYNTHIA_NUM_IDS = 23
 

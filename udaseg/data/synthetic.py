@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import shutil
 import zlib
@@ -206,7 +207,7 @@ def _write_range(out: str, seed: int, domain: str | Domain, split: str, start: i
 
 def generate(root: str | Path, domain: str, split: str, count: int, size: tuple[int, int] = DEFAULT_SIZE,
              seed: int = 0, workers: int | None = None, dom: Domain | None = None) -> Path:
-    """Make sure `root/<domain>/<split>` holds `count` scenes matching the meta; generate them if not.
+    """Make sure `root/<domain>/<split>-<H>x<W>-n<count>-seed<seed>` holds `count` scenes matching the meta; generate them if not.
 
     Generation writes to a temporary folder and renames it, so concurrent processes (DDP ranks) never see a
     half-written split. Returns the split folder.
@@ -214,16 +215,19 @@ def generate(root: str | Path, domain: str, split: str, count: int, size: tuple[
     dom = dom or DOMAINS.get(domain)
     if dom is None:
         raise ValueError(f"unknown synthetic domain {domain!r}: expected one of {sorted(DOMAINS)}")
-    out = Path(root).expanduser() / domain / split
+    # one folder per setting: runs with other counts or sizes (tests, benchmarks) never replace each other's files
+    out = Path(root).expanduser() / domain / f"{split}-{size[0]}x{size[1]}-n{count}-seed{seed}"
     meta = _meta(domain, dom, split, count, size, seed)
     if _meta_matches(out, meta):
         return out
-    tmp = out.parent / f".{split}.tmp-{os.getpid()}"
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "images").mkdir(parents=True)
     (tmp / "labels").mkdir()
     target = domain if domain in DOMAINS and dom == DOMAINS[domain] else dom
     workers = min(workers or min(os.cpu_count() or 1, 8), max(1, count // 50))
+    if multiprocessing.current_process().daemon:  # e.g. inside a DataLoader worker: no child processes allowed
+        workers = 1
     chunks = [(i, min(i + 50, count)) for i in range(0, count, 50)]
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
@@ -248,15 +252,20 @@ def _meta_matches(out: Path, meta: dict) -> bool:
 
 
 def synthetic(root: str | Path | None = None, split: str = "train", domain: str = "target",
-              count: int | None = None, size: tuple[int, int] = DEFAULT_SIZE, seed: int = 0,
+              count: int | dict[str, int] | None = None, size: tuple[int, int] = DEFAULT_SIZE, seed: int = 0,
               workers: int | None = None, augment: Augment | None = None, **kw) -> SegDataset:
-    """The synthetic benchmark's `domain` (source/target) `split` (train/val), generated on first use."""
+    """The synthetic benchmark's `domain` (source/target) `split` (train/val), generated on first use.
+
+    `count`: images in this split, or a {split: count} dict (defaults: train 600, val 150); `size`: (H, W);
+    `seed`: scene seed; `workers`: generation processes (default: CPU count, at most 8).
+    """
     if split not in DEFAULT_COUNTS:
         raise DatasetError(f"synthetic split {split!r} does not exist: expected one of {sorted(DEFAULT_COUNTS)}")
     if domain not in DOMAINS:
         raise DatasetError(f"synthetic domain {domain!r} does not exist: expected one of {sorted(DOMAINS)}")
     root = Path(root).expanduser() if root else default_cache()
-    count = DEFAULT_COUNTS[split] if count is None else int(count)
+    counts = dict(DEFAULT_COUNTS, **count) if isinstance(count, dict) else DEFAULT_COUNTS
+    count = counts[split] if count is None or isinstance(count, dict) else int(count)
     size = (int(size[0]), int(size[1]))
     out = generate(root, domain, split, count, size, seed, workers)
     files = [(str(out / "images" / f"{i:05d}.png"), str(out / "labels" / f"{i:05d}.png")) for i in range(count)]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from udaseg.data.base import Augment, SegDataset, describe_folder, layout_error, pair_by_stem
+from udaseg.data.base import Augment, SegDataset, describe_folder, layout_error, pair_by_stem, require_root
 from udaseg.data.gta5 import index_folder, select_split
 from udaseg.data.io import read_label_channel
 from udaseg.data.labels import SYNTHIA_LUT
@@ -31,6 +31,7 @@ def read_synthia_label(path: str) -> np.ndarray:
 def synthia(root: str | Path, split: str = "train", augment: Augment | None = None, **kw) -> SegDataset:
     """SYNTHIA dataset mapped to the 19 Cityscapes train ids (terrain, truck and train never occur)."""
     root = Path(root).expanduser()
+    require_root("synthia", root, LAYOUT)
     images, labels = index_folder(root / "RGB"), index_folder(root / "GT" / "LABELS", (".png",))
     if not images or not labels:
         missing = root / "RGB" if not images else root / "GT" / "LABELS"

@@ -73,7 +73,8 @@ def _crop_ok(crop: torch.Tensor, cat_max_ratio: float | None, must_contain: tupl
     if cat_max_ratio is not None and cat_max_ratio < 1.0:
         counts = torch.bincount(crop[crop != IGNORE_INDEX].flatten().long())
         counts = counts[counts > 0]
-        if len(counts) > 1 and counts.max().item() / counts.sum().item() >= cat_max_ratio:
+        # mmseg accepts a crop only when it shows at least two classes and none covers cat_max_ratio of it
+        if len(counts) < 2 or counts.max().item() / counts.sum().item() >= cat_max_ratio:
             return False
     return True
 

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from udaseg.data import transforms as T
-from udaseg.data.labels import IGNORE_INDEX
+from udaseg.data.rcs import rcs_probabilities
 
 SOURCE_STREAM, TARGET_STREAM = 1, 2
 
@@ -119,15 +119,13 @@ def loader(view: TrainView, sampler: StepSampler, workers: int, pin_memory: bool
 def rcs_tables(counts: np.ndarray, temperature: float, min_pixels: int) -> tuple[list[float], list[list[int]]]:
     """Rare-class sampling tables from per-image class pixel counts (num_images, C).
 
-    P(c) = softmax((1 - f_c) / T) over the classes that some image holds with more than min_pixels pixels,
-    f_c the class's share of all labelled pixels (DAFormer, mmseg/datasets/uda_dataset.py).
+    P(c) = softmax((1 - f_c) / T) (DAFormer, mmseg/datasets/uda_dataset.py), restricted to the classes that some
+    image holds with more than min_pixels pixels, and for each class the images that do.
     """
-    counts = np.asarray(counts, dtype=np.float64)
-    freq = counts.sum(0) / max(counts.sum(), 1.0)  # (C,)
+    counts = np.asarray(counts)
     images = [np.flatnonzero(counts[:, c] > min_pixels).tolist() for c in range(counts.shape[1])]
-    present = np.array([len(i) > 0 for i in images])
-    if not present.any():
+    usable = np.array([len(i) > 0 for i in images])
+    if not usable.any():
         raise ValueError(f"rare-class sampling: no image has more than {min_pixels} pixels of any class")
-    logits = np.where(present, (1.0 - freq) / temperature, -np.inf)
-    probs = np.exp(logits - logits[present].max())
+    probs = np.where(usable, rcs_probabilities(counts, temperature), 0.0)
     return (probs / probs.sum()).tolist(), images

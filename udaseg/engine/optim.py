@@ -51,12 +51,14 @@ def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> float:
 def ema_update(teacher: nn.Module, student: nn.Module, momentum: float, steps: int) -> None:
     """teacher <- m * teacher + (1 - m) * student, with m ramped up as min(1 - 1/(steps+1), momentum) (DACS).
 
-    Floating buffers (BatchNorm statistics) follow the same average; integer buffers are copied.
+    Runs over the state dict: parameters and persistent floating buffers (BatchNorm statistics) are averaged,
+    integer buffers copied. Non-persistent buffers (constants such as the normalisation mean/std) are left alone:
+    averaging a constant with itself drifts by rounding, and a resumed run, which rebuilds them, would differ.
     """
     m = min(1.0 - 1.0 / (steps + 1), momentum)
-    for t, s in zip(teacher.parameters(), student.parameters()):
-        t.mul_(m).add_(s.detach(), alpha=1.0 - m)
-    for t, s in zip(teacher.buffers(), student.buffers()):
+    source = student.state_dict()
+    for name, t in teacher.state_dict().items():
+        s = source[name].detach()
         if t.dtype.is_floating_point:
             t.mul_(m).add_(s, alpha=1.0 - m)
         else:

@@ -6,8 +6,9 @@ four 3x3 convolutions (dilation 6/12/18/24) from the ``layer4`` output straight 
 
 As in the DeepLabV2 Caffe model (and AdvEnt/DACS), the stride of a bottleneck is on its first 1x1 conv
 (``stride_in_1x1=True``); torchvision's ResNet v1.5 puts it on the 3x3 conv (``stride_in_1x1=False``). Module names
-follow torchvision/AdvEnt (``conv1``, ``bn1``, ``layer1..4``), so either family of ImageNet weights loads as is; an
-AdvEnt/DACS ``layer5.conv2d_list`` ASPP is renamed to ``classifier.convs`` on load.
+follow torchvision/AdvEnt (``conv1``, ``bn1``, ``layer1..4``), so either family of ImageNet weights loads as is (the
+shapes are the same: pass ``stride_in_1x1=False`` with torchvision weights so the strides match how they were trained);
+an AdvEnt/DACS ``layer5.conv2d_list`` ASPP is renamed to ``classifier.convs`` on load.
 
 ``freeze_bn=True`` keeps every BatchNorm in eval mode with frozen affine parameters, the usual choice with
 ImageNet weights and 1-2 images per batch (AdvEnt/DACS freeze the affine parameters).

@@ -110,7 +110,7 @@ void argmax(const float* logits, int num_classes, int height, int width, std::in
 
 float exp_neg(float x) {
     // Cephes expf: exp(x) = 2^n * exp(r), r = x - n ln2 split in two constants so that n * C1 is exact.
-    if (x < -87.0f) x = -87.0f;
+    if (!(x >= -87.0f)) x = -87.0f;  // NaN and -inf clamp too: no undefined float->int conversion below
     const float n = std::nearbyint(x * 1.44269504088896341f);
     float r = x - n * 0.693359375f;
     r = r - n * -2.12194440e-4f;

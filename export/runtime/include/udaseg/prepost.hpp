@@ -38,7 +38,7 @@ void argmax(const float* logits, int num_classes, int height, int width, std::in
 // Confidence: the largest softmax probability per pixel, 1 / sum_c exp(l_c - max_c l). out: (H, W) float32.
 void confidence(const float* logits, int num_classes, int height, int width, float* out);
 
-// exp(x) for x <= 0 (softmax arguments): Cephes' expf polynomial, relative error < 2e-7, clamped below at -87.
+// exp(x) for x <= 0 (softmax arguments): Cephes' expf polynomial, relative error < 2e-7, clamped below at -87 (NaN too).
 float exp_neg(float x);
 
 // Colour map: out (H, W, 3) uint8 = palette[label]; labels >= num_colors (ignore = 255) are black.

@@ -1,0 +1,328 @@
+"""How fast does a udaseg model run per backend and precision, and what does each precision cost in mIoU?
+
+    python benchmarks/bench_infer.py --checkpoint runs/<run>/final.pt             # CPU: PyTorch, ONNX Runtime
+    python benchmarks/bench_infer.py --checkpoint final.pt --device cuda          # + torch.compile, TensorRT
+    python benchmarks/bench_infer.py --sizes 512x1024 --iters 10                  # quicker
+
+Latency: batch 1 at 1024x512 and 2048x1024 (HxW 512x1024, 1024x2048), the network call only (input already
+pre-processed, outputs back on the host), ``--warmup`` calls then ``--iters`` timed ones: median, p90 and
+throughput (1000 / mean ms). Backends: PyTorch eager; on a GPU also fp16 autocast and ``torch.compile`` with CUDA
+graphs; ONNX Runtime fp32 and int8 (Q/DQ) on the CPU, fp32/fp16 on CUDA; TensorRT engines (fp16, int8) where
+TensorRT and a GPU are present. Pre/post-processing (export/prepost.py and the C++ runtime) is timed separately.
+
+Accuracy: mIoU of PyTorch, ONNX fp32, fp16 and int8 on the target validation set at its own resolution (the
+synthetic benchmark's 128x256: the model was trained there; latency sizes are deployment sizes), via
+export/verify.py. Without a trained ``--checkpoint`` a randomly initialised model is timed and mIoU is recorded
+as not measured. Results: benchmarks/results/infer-<device>.json and .md (named by device).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def timeit(fn, warmup: int, iters: int, sync=lambda: None) -> dict:
+    """Median, p90 (ms) and throughput (1/s) of ``fn()`` over ``iters`` calls after ``warmup``."""
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(1000 * (time.perf_counter() - start))
+    return {
+        "median_ms": statistics.median(times),
+        "p90_ms": float(np.percentile(times, 90)),
+        "throughput_fps": 1000 / statistics.mean(times),
+        "iters": iters,
+    }
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(0)
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+
+
+def random_checkpoint(folder: Path) -> Path:
+    from udaseg.checkpoint import save_checkpoint
+    from udaseg.models import build_model
+
+    torch.manual_seed(0)
+    spec = {"name": "compact", "num_classes": 19, "kwargs": {}}
+    return save_checkpoint(folder / "random.pt", {"model": build_model("compact").state_dict(), "model_spec": spec})
+
+
+def export(checkpoint: Path, out: Path, size: tuple[int, int], precision: str, calib: str, calib_images: int) -> Path:
+    from udaseg.export.to_onnx import ExportConfig, convert_onnx, export_onnx
+
+    fp32 = out / f"model_{size[0]}x{size[1]}_fp32.onnx"
+    if not fp32.exists():
+        export_onnx(checkpoint, fp32, ExportConfig(height=size[0], width=size[1], output_mode="labels"))
+    if precision == "fp32":
+        return fp32
+    path = fp32.with_name(fp32.name.replace("fp32", precision))
+    cfg = ExportConfig(height=size[0], width=size[1], output_mode="labels", calib=calib, calib_images=calib_images)
+    return convert_onnx(fp32, path, precision, cfg) if not path.exists() else path
+
+
+def torch_rows(checkpoint: Path, size: tuple[int, int], device: str, args) -> list[dict]:
+    from udaseg.export.to_onnx import load_checkpoint_model
+
+    model, _ = load_checkpoint_model(checkpoint)
+    model.to(device)
+    x = torch.rand(1, 3, *size, device=device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    rows = []
+
+    def run(m, autocast: bool = False):
+        with torch.no_grad(), torch.autocast("cuda", torch.float16, enabled=autocast):
+            return m(x)["logits"].argmax(1).cpu()
+
+    rows.append(
+        {"backend": "pytorch eager", "precision": "fp32", **timeit(lambda: run(model), args.warmup, args.iters, sync)}
+    )
+    if device.startswith("cuda"):
+        rows.append(
+            {
+                "backend": "pytorch eager",
+                "precision": "fp16 autocast",
+                **timeit(lambda: run(model, True), args.warmup, args.iters, sync),
+            }
+        )
+        compiled = torch.compile(model, mode="reduce-overhead")  # CUDA graphs
+        rows.append(
+            {
+                "backend": "torch.compile (CUDA graphs)",
+                "precision": "fp16 autocast",
+                **timeit(lambda: run(compiled, True), args.warmup + 3, args.iters, sync),
+            }
+        )
+    return rows
+
+
+def onnx_rows(graphs: dict[str, Path], size: tuple[int, int], device: str, args) -> list[dict]:
+    from udaseg.export.onnx_utils import ort_session
+
+    rows = []
+    x = np.random.default_rng(0).random((1, 3, *size), dtype=np.float32)
+    for precision, path in graphs.items():
+        if device.startswith("cuda"):
+            if precision == "int8":
+                continue  # Q/DQ on the CUDA provider falls back to float kernels: TensorRT is the int8 path
+            from udaseg.export.ort_providers import make_session
+
+            session, backend = make_session(path, "cuda"), "onnxruntime cuda"
+        else:
+            session, backend = ort_session(path, threads=args.threads), "onnxruntime cpu"
+        rows.append(
+            {
+                "backend": backend,
+                "precision": precision,
+                **timeit(lambda s=session: s.run(None, {"input": x}), args.warmup, args.iters),
+            }
+        )
+    return rows
+
+
+def tensorrt_rows(graphs: dict[str, Path], size: tuple[int, int], out: Path, args) -> list[dict]:
+    """TensorRT engines from the fp16 and int8 graphs, where TensorRT and a GPU exist (else one row saying why)."""
+    from udaseg.export.to_trt import TensorRTUnavailable, build_engine
+
+    rows = []
+    for precision in ("fp16", "int8"):
+        engine = out / f"model_{size[0]}x{size[1]}_{precision}.engine"
+        try:
+            meta = build_engine(graphs[precision], engine, precision, timing_cache=out / "timing.cache")
+            from udaseg.export.trt_runtime import TrtRunner
+
+            runner = TrtRunner(engine)
+            x = np.random.default_rng(0).random((1, 3, *size), dtype=np.float32)
+            rows.append(
+                {
+                    "backend": f"tensorrt {meta['tensorrt']}",
+                    "precision": precision,
+                    **timeit(lambda r=runner, x=x: r(x), args.warmup, args.iters),
+                }
+            )
+        except TensorRTUnavailable as e:
+            return [{"backend": "tensorrt", "precision": "-", "skipped": str(e).split(";")[0]}]
+    return rows
+
+
+def prepost_rows(size: tuple[int, int], args) -> list[dict]:
+    """Camera frame (2x the network size) -> network input, and logits -> class map + colours, Python and C++."""
+    from udaseg.export import prepost
+
+    h, w = size
+    frame = np.random.default_rng(0).integers(0, 256, (2 * h, 2 * w, 3), dtype=np.uint8)
+    logits = np.random.default_rng(1).normal(size=(19, h, w)).astype(np.float32)
+    rows = [
+        {"backend": "prepost python", "precision": "pre", **timeit(lambda: prepost.preprocess(frame, h, w), 1, 5)},
+        {"backend": "prepost python", "precision": "post", **timeit(lambda: prepost.postprocess(logits), 1, 5)},
+    ]
+    try:
+        import udaseg._runtime as rt
+    except ImportError:
+        return rows
+    palette = rt.cityscapes_palette()
+    rows += [
+        {"backend": "prepost C++", "precision": "pre", **timeit(lambda: rt.preprocess(frame, h, w), 2, 10)},
+        {
+            "backend": "prepost C++",
+            "precision": "post",
+            **timeit(lambda: rt.colorize(rt.argmax(logits), palette), 2, 10),
+        },
+    ]
+    return rows
+
+
+def accuracy(checkpoint: Path, trained: bool, out: Path, args) -> dict:
+    """mIoU per precision on the target validation set at its own size (export/verify.py)."""
+    if not trained:
+        return {"measured": False, "reason": "no trained --checkpoint given: a randomly initialised model was timed"}
+    from udaseg.export.samples import open_dataset
+    from udaseg.export.verify import verify
+
+    image = open_dataset(args.dataset, split="val").load(0)[0]
+    size = image.shape[:2]
+    graphs = [export(checkpoint, out, size, p, args.calib, args.calib_images) for p in ("fp32", "fp16", "int8")]
+    report = verify(checkpoint, graphs, args.dataset, limit=args.val_limit)
+    report["size"] = list(size)
+    return {"measured": True, **report}
+
+
+def markdown(result: dict) -> str:
+    env = result["environment"]
+    lines = [
+        f"# Inference benchmark: {env['device_name']}",
+        "",
+        f"torch {env['torch']}, onnxruntime {env['onnxruntime']}, threads {env['threads']}, "
+        f"load average {env['load_before']} -> {env['load_after']}; checkpoint: {result['checkpoint']}",
+        "",
+        "| size (HxW) | backend | precision | median ms | p90 ms | images/s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in result["latency"]:
+        if "skipped" in r:
+            lines.append(f"| {r['size']} | {r['backend']} | - | skipped: {r['skipped']} | | |")
+        else:
+            lines.append(
+                f"| {r['size']} | {r['backend']} | {r['precision']} | {r['median_ms']:.1f} | "
+                f"{r['p90_ms']:.1f} | {r['throughput_fps']:.2f} |"
+            )
+    acc = result["accuracy"]
+    lines += ["", "## mIoU per precision (target validation set)", ""]
+    if not acc["measured"]:
+        lines.append(f"Not measured: {acc['reason']}.")
+    else:
+        lines += [
+            f"{acc['dataset']} {acc['split']}, {acc['images']} images at {acc['size'][0]}x{acc['size'][1]}",
+            "",
+            "| precision | mIoU | vs PyTorch fp32 | pixel agreement % | max logit diff |",
+            "|---|---|---|---|---|",
+        ]
+        for r in acc["graphs"]:
+            diff = "-" if r["max_logit_diff"] is None else f"{r['max_logit_diff']:.3g}"
+            lines.append(
+                f"| {r['precision']} | {r['miou_onnx']:.2f} | {-r['miou_drop']:+.2f} | "
+                f"{r['pixel_agreement']:.3f} | {diff} |"
+            )
+        lines.append(f"\nPyTorch fp32 mIoU: {acc['graphs'][0]['miou_pytorch']:.2f}")
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", default=None, help="trained checkpoint (omit: random weights, mIoU not measured)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--sizes", nargs="+", default=["512x1024", "1024x2048"], help="network input sizes HxW")
+    p.add_argument("--warmup", type=int, default=3, help="untimed calls first")
+    p.add_argument("--iters", type=int, default=20, help="timed calls")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads for PyTorch and ONNX Runtime")
+    p.add_argument("--dataset", default="synthetic", help="target dataset NAME[:ROOT] for mIoU")
+    p.add_argument("--calib", default=None, help="int8 calibration images NAME[:ROOT] (default: --dataset)")
+    p.add_argument("--calib-images", type=int, default=32, help="int8 calibration images")
+    p.add_argument("--val-limit", type=int, default=None, help="at most this many validation images")
+    p.add_argument("--output", default=None, help="results stem (default benchmarks/results/infer-<device>)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    import onnxruntime
+
+    from udaseg.export.onnx_utils import setup_logging
+
+    args = parse_args(argv)
+    setup_logging()
+    args.calib = args.calib or args.dataset
+    torch.set_num_threads(args.threads)
+    stem = Path(args.output) if args.output else RESULTS / ("infer-cpu" if args.device == "cpu" else "infer-cuda")
+    env = {
+        "device": args.device,
+        "device_name": device_name(args.device),
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "python": sys.version.split()[0],
+        "load_before": round(os.getloadavg()[0], 2),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        trained = args.checkpoint is not None
+        checkpoint = Path(args.checkpoint) if trained else random_checkpoint(out)
+        latency = []
+        for text in args.sizes:
+            size = tuple(int(v) for v in text.lower().split("x"))
+            # CPU: fp32 and int8 (ONNX Runtime's CPU kernels have no fast fp16 path); GPU: all three.
+            precisions = ("fp32", "int8") if args.device == "cpu" else ("fp32", "fp16", "int8")
+            graphs = {p: export(checkpoint, out, size, p, args.calib, 8) for p in precisions}
+            rows = torch_rows(checkpoint, size, args.device, args)
+            rows += onnx_rows(
+                {p: g for p, g in graphs.items() if p != "int8" or args.device == "cpu"}, size, args.device, args
+            )
+            if args.device != "cpu":
+                rows += tensorrt_rows(graphs, size, out, args)
+            rows += prepost_rows(size, args)
+            latency += [{"size": text, **r} for r in rows]
+            print(
+                f"{text}: " + ", ".join(f"{r['backend']} {r['precision']} {r.get('median_ms', 0):.1f} ms" for r in rows)
+            )
+        acc = accuracy(checkpoint, trained, out, args)
+    env["load_after"] = round(os.getloadavg()[0], 2)
+    result = {
+        "checkpoint": args.checkpoint,
+        "environment": env,
+        "args": vars(args),
+        "latency": latency,
+        "accuracy": acc,
+    }
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{stem}.json").write_text(json.dumps(result, indent=1, default=str))
+    Path(f"{stem}.md").write_text(markdown(result))
+    print(markdown(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
