@@ -8,7 +8,8 @@ Latency: batch 1 at 1024x512 and 2048x1024 (HxW 512x1024, 1024x2048), the networ
 pre-processed, outputs back on the host), ``--warmup`` calls then ``--iters`` timed ones: median, p90 and
 throughput (1000 / mean ms). Backends: PyTorch eager; on a GPU also fp16 autocast and ``torch.compile`` with CUDA
 graphs; ONNX Runtime fp32 and int8 (Q/DQ) on the CPU, fp32/fp16 on CUDA; TensorRT engines (fp16, int8) where
-TensorRT and a GPU are present. Pre/post-processing (export/prepost.py and the C++ runtime) is timed separately.
+TensorRT and a GPU are present. Pre/post-processing (export/prepost.py and the C++ runtime: 1024x2048 camera frame
+to the network input, and logits to class map and colours at the frame size) is timed separately ("pre", "post").
 
 Accuracy: mIoU of PyTorch, ONNX fp32, fp16 and int8 on the target validation set at its own resolution (the
 synthetic benchmark's 128x256: the model was trained there; latency sizes are deployment sizes), via
@@ -33,6 +34,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
+CAMERA = (1024, 2048)  # (H, W) of the frames pre/post-processing is timed on (Cityscapes' camera)
 
 
 def timeit(fn, warmup: int, iters: int, sync=lambda: None) -> dict:
@@ -72,21 +74,25 @@ def random_checkpoint(folder: Path) -> Path:
     return save_checkpoint(folder / "random.pt", {"model": build_model("compact").state_dict(), "model_spec": spec})
 
 
-def export(checkpoint: Path, out: Path, size: tuple[int, int], precision: str, calib: str, calib_images: int) -> Path:
+def export(
+    checkpoint: Path, out: Path, size: tuple[int, int], precision: str, calib: str, calib_images: int, mode: str
+) -> Path:
+    """The ``precision`` graph at ``size`` with outputs ``mode`` (exported once, then converted)."""
     from udaseg.export.to_onnx import ExportConfig, convert_onnx, export_onnx
 
-    fp32 = out / f"model_{size[0]}x{size[1]}_fp32.onnx"
+    fp32 = out / f"model_{size[0]}x{size[1]}_{mode}_fp32.onnx"
     if not fp32.exists():
-        export_onnx(checkpoint, fp32, ExportConfig(height=size[0], width=size[1], output_mode="labels"))
+        export_onnx(checkpoint, fp32, ExportConfig(height=size[0], width=size[1], output_mode=mode))
     if precision == "fp32":
         return fp32
     path = fp32.with_name(fp32.name.replace("fp32", precision))
-    cfg = ExportConfig(height=size[0], width=size[1], output_mode="labels", calib=calib, calib_images=calib_images)
+    cfg = ExportConfig(height=size[0], width=size[1], output_mode=mode, calib=calib, calib_images=calib_images)
     return convert_onnx(fp32, path, precision, cfg) if not path.exists() else path
 
 
 def torch_rows(checkpoint: Path, size: tuple[int, int], device: str, args) -> list[dict]:
     from udaseg.export.to_onnx import load_checkpoint_model
+    from udaseg.models import upsample
 
     model, _ = load_checkpoint_model(checkpoint)
     model.to(device)
@@ -94,9 +100,9 @@ def torch_rows(checkpoint: Path, size: tuple[int, int], device: str, args) -> li
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     rows = []
 
-    def run(m, autocast: bool = False):
+    def run(m, autocast: bool = False):  # the work of the "labels" graph: upsample to the input, argmax
         with torch.no_grad(), torch.autocast("cuda", torch.float16, enabled=autocast):
-            return m(x)["logits"].argmax(1).cpu()
+            return upsample(m(x)["logits"], size).argmax(1).to(torch.int32).cpu()
 
     rows.append(
         {"backend": "pytorch eager", "precision": "fp32", **timeit(lambda: run(model), args.warmup, args.iters, sync)}
@@ -170,28 +176,32 @@ def tensorrt_rows(graphs: dict[str, Path], size: tuple[int, int], out: Path, arg
 
 
 def prepost_rows(size: tuple[int, int], args) -> list[dict]:
-    """Camera frame (2x the network size) -> network input, and logits -> class map + colours, Python and C++."""
+    """A 1024x2048 camera frame -> network input; logits -> class map at the frame size + colours. Python, C++."""
     from udaseg.export import prepost
 
-    h, w = size
-    frame = np.random.default_rng(0).integers(0, 256, (2 * h, 2 * w, 3), dtype=np.uint8)
+    (h, w), (fh, fw) = size, CAMERA
+    frame = np.random.default_rng(0).integers(0, 256, (fh, fw, 3), dtype=np.uint8)
     logits = np.random.default_rng(1).normal(size=(19, h, w)).astype(np.float32)
+
+    def post_py():
+        return prepost.colorize(prepost.resize_nearest(prepost.argmax(logits), fh, fw))
+
     rows = [
         {"backend": "prepost python", "precision": "pre", **timeit(lambda: prepost.preprocess(frame, h, w), 1, 5)},
-        {"backend": "prepost python", "precision": "post", **timeit(lambda: prepost.postprocess(logits), 1, 5)},
+        {"backend": "prepost python", "precision": "post", **timeit(post_py, 1, 5)},
     ]
     try:
         import udaseg._runtime as rt
     except ImportError:
         return rows
     palette = rt.cityscapes_palette()
+
+    def post_cpp():
+        return rt.colorize(rt.resize_nearest(rt.argmax(logits), fh, fw), palette)
+
     rows += [
         {"backend": "prepost C++", "precision": "pre", **timeit(lambda: rt.preprocess(frame, h, w), 2, 10)},
-        {
-            "backend": "prepost C++",
-            "precision": "post",
-            **timeit(lambda: rt.colorize(rt.argmax(logits), palette), 2, 10),
-        },
+        {"backend": "prepost C++", "precision": "post", **timeit(post_cpp, 2, 10)},
     ]
     return rows
 
@@ -205,7 +215,7 @@ def accuracy(checkpoint: Path, trained: bool, out: Path, args) -> dict:
 
     image = open_dataset(args.dataset, split="val").load(0)[0]
     size = image.shape[:2]
-    graphs = [export(checkpoint, out, size, p, args.calib, args.calib_images) for p in ("fp32", "fp16", "int8")]
+    graphs = [export(checkpoint, out, size, p, args.calib, args.calib_images, "both") for p in ("fp32", "fp16", "int8")]
     report = verify(checkpoint, graphs, args.dataset, limit=args.val_limit)
     report["size"] = list(size)
     return {"measured": True, **report}
@@ -230,6 +240,12 @@ def markdown(result: dict) -> str:
                 f"| {r['size']} | {r['backend']} | {r['precision']} | {r['median_ms']:.1f} | "
                 f"{r['p90_ms']:.1f} | {r['throughput_fps']:.2f} |"
             )
+    for size in dict.fromkeys(r["size"] for r in result["latency"]):
+        median = {(r["backend"], r["precision"]): r.get("median_ms") for r in result["latency"] if r["size"] == size}
+        ort = median.get(("onnxruntime cpu", "fp32")) or median.get(("onnxruntime cuda", "fp32"))
+        if ort and median.get(("pytorch eager", "fp32")):
+            speedup = median[("pytorch eager", "fp32")] / ort
+            lines.append(f"\n{size}: ONNX Runtime fp32 is {speedup:.2f}x PyTorch eager fp32 (goal: >= 1).")
     acc = result["accuracy"]
     lines += ["", "## mIoU per precision (target validation set)", ""]
     if not acc["measured"]:
@@ -296,7 +312,7 @@ def main(argv: list[str] | None = None) -> dict:
             size = tuple(int(v) for v in text.lower().split("x"))
             # CPU: fp32 and int8 (ONNX Runtime's CPU kernels have no fast fp16 path); GPU: all three.
             precisions = ("fp32", "int8") if args.device == "cpu" else ("fp32", "fp16", "int8")
-            graphs = {p: export(checkpoint, out, size, p, args.calib, 8) for p in precisions}
+            graphs = {p: export(checkpoint, out, size, p, args.calib, 8, "labels") for p in precisions}
             rows = torch_rows(checkpoint, size, args.device, args)
             rows += onnx_rows(
                 {p: g for p, g in graphs.items() if p != "int8" or args.device == "cpu"}, size, args.device, args

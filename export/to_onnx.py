@@ -340,4 +340,7 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ExportError as e:  # a user error: the message says what to change, a traceback would bury it
+        raise SystemExit(f"to_onnx: {e}") from None

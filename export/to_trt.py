@@ -7,7 +7,8 @@
 
 Precision comes from the ONNX graph (export/to_onnx.py --precision fp16|int8), on both versions: the network is
 built strongly typed, so the engine computes what the graph says and TensorRT 10 and 11 give the same engine.
-Asking for another precision than the graph's:
+Without --precision an fp32 graph is built as fp16 (the car's default) and fp16/int8 graphs as they are. Asking
+for another precision than the graph's:
 
 | asked | graph | TensorRT 10                                   | TensorRT 11 (no precision flags)               |
 |-------|-------|-----------------------------------------------|------------------------------------------------|
@@ -112,11 +113,14 @@ def plan_precision(requested: str | None, graph: str, major: int) -> BuildPlan:
     """How to build ``requested`` precision from a ``graph`` (fp32|fp16|int8) ONNX on TensorRT ``major``."""
     if major not in (10, 11):
         raise TensorRTUnavailable(f"TensorRT {major}.x is not supported; udaseg builds with TensorRT 10 or 11")
-    requested = requested or graph
+    notes = []
+    if requested is None:  # the car's default is fp16; an fp16 or Q/DQ graph keeps its own precision
+        requested = "fp16" if graph == "fp32" else graph
+        notes.append(f"no precision asked: {requested} (pass --precision fp32 for an fp32 engine)")
     if requested not in ("fp32", "fp16", "int8"):
         raise ExportError(f"precision must be fp32, fp16 or int8, got {requested!r}")
     if requested == graph:
-        return BuildPlan(requested, graph, strongly_typed=True, notes=["precision from the ONNX graph"])
+        return BuildPlan(requested, graph, strongly_typed=True, notes=[*notes, "precision from the ONNX graph"])
     if requested == "int8":
         raise ExportError(
             f"int8 needs a Q/DQ ONNX but this graph is {graph}: export one with export/to_onnx.py --precision int8 "
@@ -130,8 +134,9 @@ def plan_precision(requested: str | None, graph: str, major: int) -> BuildPlan:
                 strongly_typed=False,
                 builder_flags=["FP16"],
                 notes=[
+                    *notes,
                     "TensorRT 10: weakly typed network with BuilderFlag.FP16 (per-layer choice); "
-                    "export --precision fp16 for the same engine on TensorRT 10 and 11"
+                    "export --precision fp16 for the same engine on TensorRT 10 and 11",
                 ],
             )
         return BuildPlan(
@@ -139,7 +144,7 @@ def plan_precision(requested: str | None, graph: str, major: int) -> BuildPlan:
             graph,
             strongly_typed=True,
             convert_to_fp16=True,
-            notes=["TensorRT 11 has no FP16 flag: the fp32 graph is converted to fp16 first"],
+            notes=[*notes, "TensorRT 11 has no FP16 flag: the fp32 graph is converted to fp16 first"],
         )
     raise ExportError(
         f"this ONNX graph is {graph}, so the engine would be {graph}, not {requested}: TensorRT takes precision from "
@@ -346,7 +351,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--precision",
         choices=["fp32", "fp16", "int8"],
         default=None,
-        help="default: the ONNX graph's precision (see the table in the module docstring)",
+        help="default: fp16 for an fp32 graph, else the graph's precision (see the module docstring)",
     )
     p.add_argument("--min", dest="min_shape", help="smallest input shape, e.g. 1x3x512x1024 (dynamic ONNX only)")
     p.add_argument("--opt", dest="opt_shape", help="shape TensorRT optimises for (dynamic ONNX only)")

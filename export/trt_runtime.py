@@ -44,8 +44,12 @@ class TrtRunner:
         is_input = {n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
         self.input = next(n for n in names if is_input[n])
         self.outputs = [n for n in names if not is_input[n]]
-        lo, opt, hi = self.engine.get_tensor_profile_shape(self.input, 0)
-        self.profile = Profile(self.input, tuple(lo), tuple(opt), tuple(hi))
+        shape = tuple(self.engine.get_tensor_shape(self.input))
+        if min(shape) >= 0:  # static input: its shape is the whole profile
+            self.profile = Profile(self.input, shape, shape, shape)
+        else:
+            lo, opt, hi = self.engine.get_tensor_profile_shape(self.input, 0)
+            self.profile = Profile(self.input, tuple(lo), tuple(opt), tuple(hi))
         self.input_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.input))).name
         self.stream = torch.cuda.Stream(self.device)
 

@@ -52,6 +52,7 @@ class Graph:
     path: Path
     session: object
     precision: str
+    input_name: str
     input_dtype: str  # "float32" | "uint8"
     static_size: tuple[int, int] | None
     outputs: list[str]
@@ -103,6 +104,7 @@ def open_graph(path: str | os.PathLike, spec: dict, num_classes: int, checkpoint
         Path(path),
         ort_session(path),
         meta.get("precision") or graph_precision(model),
+        inp["name"],
         inp["dtype"],
         static,
         outputs,
@@ -137,7 +139,7 @@ def _run_one(graph: Graph, model, sample, size: tuple[int, int] | None, cache: d
         logits = _reference(model, x)
         cache[key] = (net_in, logits, logits.argmax(0))
     net_in, ref_logits, ref_labels = cache[key]
-    out = dict(zip(graph.outputs, graph.session.run(graph.outputs, {"input": net_in[None]})))
+    out = dict(zip(graph.outputs, graph.session.run(graph.outputs, {graph.input_name: net_in[None]})))
     if "logits" in out:
         graph.max_logit_diff = max(graph.max_logit_diff, float(np.abs(out["logits"][0] - ref_logits).max()))
     labels = out["labels"][0] if "labels" in out else out["logits"][0].argmax(0)
@@ -255,4 +257,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except ExportError as e:
+        raise SystemExit(f"verify: {e}") from None

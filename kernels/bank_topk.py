@@ -68,7 +68,6 @@ def _sort_ascending(x):
     return tl.reshape(h, x.shape)
 
 
-
 @triton.jit
 def _pack(scores, cols):
     """uint64 keys ordered like (score, -column): flipped float bits above, 0xFFFFFFFF - column below."""

@@ -106,18 +106,27 @@ def fuse_pseudo_labels_reference(
 
 
 def _fuse_chunked(probs, instance_probs, alpha, thresholds, ignore_index):
-    """One image at a time: the blended (C, H, W) temporary stays small and cache-friendly."""
+    """A few whole-tensor passes per group of images (temporaries <= ~64 MB). torch.max(dim=1) and argmax over a
+    middle dim are slow on CPU while amax is vectorised, so the arg-max is read off the maximum: rank the classes
+    C..1, keep the rank where P equals its maximum, and the largest rank left is the smallest maximising class.
+    """
     dt = acc_dtype(probs, thresholds, *([instance_probs] if instance_probs is not None else []))
-    b, _, h, w = probs.shape
+    b, c, h, w = probs.shape
     labels = torch.empty(b, h, w, dtype=torch.int64, device=probs.device)  # (B, H, W)
     confidence = torch.empty(b, h, w, dtype=dt, device=probs.device)  # (B, H, W)
     thr = thresholds.to(dt)
-    for i in range(b):
-        fused = probs[i].to(dt)  # (C, H, W)
-        if instance_probs is not None:
-            fused = torch.add(fused * alpha, instance_probs[i].to(dt), alpha=1.0 - alpha)
-        torch.max(fused, dim=0, out=(confidence[i], labels[i]))
-        labels[i].masked_fill_(confidence[i] < thr[labels[i]], ignore_index)
+    rank_dtype = torch.uint8 if c < 256 else torch.int32
+    rank = torch.arange(c, 0, -1, dtype=rank_dtype, device=probs.device).view(1, c, 1, 1)  # (1, C, 1, 1)
+    step = max(1, (64 << 20) // max(1, c * h * w * 4))
+    for s in range(0, b, step):
+        fused = probs[s : s + step].to(dt)  # (b, C, H, W)
+        if instance_probs is not None:  # lerp(q, p, alpha) = alpha p + (1 - alpha) q, exact at alpha = 0 and 1
+            fused = torch.lerp(instance_probs[s : s + step].to(dt), fused, alpha)
+        peak = fused.amax(1, keepdim=True)  # (b, 1, H, W)
+        best_rank = (fused == peak).to(rank_dtype).mul_(rank).amax(1)  # (b, H, W)
+        label = (c - best_rank.long()).clamp_(max=c - 1)  # clamp: a NaN pixel matches no class
+        confidence[s : s + step] = peak.squeeze(1)
+        labels[s : s + step] = label.masked_fill_(peak.squeeze(1) < thr[label], ignore_index)
     return labels, confidence
 
 

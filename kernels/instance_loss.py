@@ -65,20 +65,16 @@ def instance_consistency_loss_reference(
 # --- chunked torch (CPU fast path) ---
 
 
-def _target(weak: Tensor, rows_t: Tensor, log_w: Tensor) -> tuple[Tensor, Tensor]:
-    """Target of one chunk: t (R, Mv) normalised per row (a zero row for an empty target) and its log-normaliser
-    (R, 1), -inf for an empty target."""
+def _target_logits(weak: Tensor, rows_t: Tensor, log_w: Tensor) -> tuple[Tensor, Tensor]:
+    """Target log-weights a = weak . bank / T + log class weight (R, Mv) and their row max (R, 1), which is -inf
+    exactly for an empty target."""
     a = (weak @ rows_t).add_(log_w)  # (R, Mv)
-    peak = a.amax(1, keepdim=True)
-    peak = torch.where(torch.isfinite(peak), peak, 0.0)
-    t = exp_(a.sub_(peak), keep_neg_inf=True)  # (R, Mv), in place of a
-    total = t.sum(1, keepdim=True)  # (R, 1)
-    t.div_(torch.where(total > 0, total, 1.0))
-    return t, total.log().add_(peak)
+    peak = a.amax(1, keepdim=True)  # (R, 1)
+    return a, peak
 
 
 class ChunkedInstanceLoss(torch.autograd.Function):
-    """Row chunks forward and backward; saves nothing of size N x M."""
+    """Row chunks forward and backward; saves two (N,) row statistics, nothing of size N x M."""
 
     @staticmethod
     def forward(ctx, weak, strong, bank, bank_labels, class_weights, temperature):
@@ -89,32 +85,39 @@ class ChunkedInstanceLoss(torch.autograd.Function):
         log_cw = class_weights.detach().to(dt).log()  # (N, C)
         w, s = weak.detach().to(dt), strong.detach().to(dt)  # (N, D)
         loss = torch.zeros(w.shape[0], dtype=dt, device=w.device)  # (N,)
+        stats = torch.zeros(2, w.shape[0], 1, dtype=dt, device=w.device)  # LSE of strong logits, of a
         rows_t = rows.T.contiguous()  # (D, Mv)
         step = chunk_rows(2 * rows.shape[0])
         for st in range(0, w.shape[0] if rows.shape[0] else 0, step):  # no valid slot: every target is empty
             sl = slice(st, st + step)
-            t, lse_t = _target(w[sl], rows_t, log_cw[sl][:, labels])  # (R, Mv), (R, 1)
+            a, peak = _target_logits(w[sl], rows_t, log_cw[sl][:, labels])  # (R, Mv), (R, 1)
+            empty = torch.isneginf(peak)  # (R, 1)
+            peak = peak.masked_fill_(empty, 0.0)
+            t = exp_(a.sub_(peak))  # (R, Mv) unnormalised target (zero weights: exp(-87), not 0: negligible)
+            total = t.sum(1, keepdim=True)  # (R, 1)
             logits = s[sl] @ rows_t  # (R, Mv)
-            cross = (t * logits).sum(1, keepdim=True)
-            chunk = logsumexp_(logits) - cross  # LSE(strong) - sum t * strong logit
-            loss[sl] = torch.where(torch.isfinite(lse_t), chunk, 0.0).squeeze(1)
-        ctx.save_for_backward(weak, strong, rows, labels, log_cw)
+            cross = torch.bmm(t.unsqueeze(1), logits.unsqueeze(2)).squeeze(2) / total  # (R, 1) sum_m t s
+            stats[0, sl] = logsumexp_(logits)
+            stats[1, sl] = total.log_().add_(peak).masked_fill_(empty, float("-inf"))
+            loss[sl] = (stats[0, sl] - cross).masked_fill_(empty, 0.0).squeeze(1)
+        ctx.save_for_backward(weak, strong, rows, labels, log_cw, stats)
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss: Tensor):
-        weak, strong, rows, labels, log_cw = ctx.saved_tensors
+        weak, strong, rows, labels, log_cw, stats = ctx.saved_tensors
         w, s = weak.detach().to(rows.dtype), strong.detach().to(rows.dtype)  # (N, D)
         grad = torch.zeros_like(s)  # (N, D)
         rows_t = rows.T.contiguous()
+        empty = torch.isneginf(stats[1])  # (N, 1) an empty target: loss 0, grad 0
+        lse_t = stats[1].masked_fill(empty, 0.0)
+        g = grad_loss.to(rows.dtype).unsqueeze(1).masked_fill(empty, 0.0)  # (N, 1)
         step = chunk_rows(2 * rows.shape[0])
         for st in range(0, w.shape[0] if rows.shape[0] else 0, step):
             sl = slice(st, st + step)
-            t, lse_t = _target(w[sl], rows_t, log_cw[sl][:, labels])
-            logits = s[sl] @ rows_t  # (R, Mv)
-            p = exp_(logits.sub_(logsumexp_(logits.clone())))  # softmax of the strong logits
-            g = torch.where(torch.isfinite(lse_t), grad_loss[sl].unsqueeze(1).to(rows.dtype), 0.0)  # (R, 1)
-            grad[sl] = p.sub_(t).mul_(g) @ rows  # (softmax - t) * g @ bank / T
+            t = exp_((w[sl] @ rows_t).add_(log_cw[sl][:, labels]).sub_(lse_t[sl]))  # (R, Mv) target
+            p = exp_((s[sl] @ rows_t).sub_(stats[0, sl]))  # (R, Mv) softmax of the strong logits
+            grad[sl] = p.sub_(t).mul_(g[sl]) @ rows  # (softmax - t) * g @ bank / T
         return None, grad.to(strong.dtype), None, None, None, None
 
 

@@ -60,6 +60,22 @@ def sinkhorn_reference(scores: Tensor, marginal: Tensor, epsilon: float, iterati
 
 
 # --- chunked torch (CPU fast path) ---
+# Where the logits span at most EXP_SPACE_RANGE, exp(logits - max) lies in [e^-50, 1] and no scaling below can
+# leave float32's normal range (the smallest factor, ~1 / (N K), stays above e^-37 for N K < 1e16): there the
+# iterations are the same arithmetic in exp space, sums and products, no exp per iteration. Wider spans (large
+# scores / eps) take the log-space path.
+EXP_SPACE_RANGE = 50.0
+
+
+def _sinkhorn_exp_space(q: Tensor, marginal: Tensor, iterations: int) -> Tensor:
+    """q = exp(logits - max) (N, K), scaled in place: columns to marginal, rows to 1 / N; returns N * Q."""
+    n = q.shape[0]
+    if iterations == 0:
+        return q.mul_(n / q.sum())
+    for _ in range(iterations):
+        q.mul_(marginal / q.sum(0))  # (K,) column totals -> marginal
+        q.mul_((1.0 / n) / q.sum(1, keepdim=True))  # (N, 1) row totals -> 1 / N
+    return q.mul_(n)
 
 
 def _column_lse(logits: Tensor, u: Tensor, step: int) -> Tensor:
@@ -69,31 +85,37 @@ def _column_lse(logits: Tensor, u: Tensor, step: int) -> Tensor:
     for s in range(0, logits.shape[0], step):
         x = logits[s : s + step] + u[s : s + step, None]  # (R, K)
         new_peak = torch.maximum(peak, x.amax(0))
-        safe = torch.where(torch.isfinite(new_peak), new_peak, 0.0)
-        total = total * torch.exp(peak - safe) + exp_(x.sub_(safe), keep_neg_inf=True).sum(0)
+        total = total * torch.exp(peak - new_peak) + exp_(x.sub_(new_peak)).sum(0)
         peak = new_peak
     return peak + total.log()
 
 
-def _sinkhorn_chunked(scores: Tensor, marginal: Tensor, epsilon: float, iterations: int) -> Tensor:
-    """Row chunks that stay in cache; each iteration reads the logits twice (columns, then rows)."""
-    dt = acc_dtype(scores, marginal)
-    logits = scores.to(dt) / epsilon  # (N, K), the only N x K buffer besides the output
+def _sinkhorn_log_space(logits: Tensor, marginal: Tensor, iterations: int) -> Tensor:
+    """Potentials u (N,), v (K,) over row chunks; overwrites logits with the output."""
     n, k = logits.shape
-    step = max(1, chunk_rows(k, 1 << 18))
-    log_b = marginal.to(dt).log()  # (K,)
-    u = torch.zeros(n, dtype=dt, device=scores.device)  # (N,)
-    v = torch.zeros(k, dtype=dt, device=scores.device)  # (K,)
+    step = chunk_rows(k)
+    log_b = marginal.log()  # (K,)
+    u = torch.zeros(n, dtype=logits.dtype, device=logits.device)  # (N,)
+    v = torch.zeros(k, dtype=logits.dtype, device=logits.device)  # (K,)
     if iterations == 0:  # only then does the initial normalisation survive: with a column step it cancels
         u -= torch.logsumexp(_column_lse(logits, u, step), 0)
     for _ in range(iterations):
         v = log_b - _column_lse(logits, u, step)
         for s in range(0, n, step):
-            u[s : s + step] = -math.log(n) - logsumexp_(logits[s : s + step] + v, keep_neg_inf=True).squeeze(1)
-    out = logits  # reuse the buffer: out = exp(logits + u + v + log N)
-    for s in range(0, n, step):
-        out[s : s + step].add_(u[s : s + step, None]).add_(v + math.log(n)).exp_()
-    return out
+            u[s : s + step] = -math.log(n) - logsumexp_(logits[s : s + step] + v).squeeze(1)
+    for s in range(0, n, step):  # out = exp(logits + u + v + log N), in the logits buffer
+        logits[s : s + step].add_(u[s : s + step, None]).add_(v + math.log(n)).exp_()
+    return logits
+
+
+def _sinkhorn_chunked(scores: Tensor, marginal: Tensor, epsilon: float, iterations: int) -> Tensor:
+    """The CPU path: exp space where the logits' span allows it exactly, log space otherwise."""
+    dt = acc_dtype(scores, marginal)
+    logits = scores.to(dt) / epsilon  # (N, K), the only N x K buffer: it becomes the output
+    low, high = torch.aminmax(logits)
+    if (high - low).item() <= EXP_SPACE_RANGE:  # host sync: fine on the CPU path
+        return _sinkhorn_exp_space(logits.sub_(high).exp_(), marginal.to(dt), iterations)
+    return _sinkhorn_log_space(logits, marginal.to(dt), iterations)
 
 
 # --- Triton kernels ---

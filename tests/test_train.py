@@ -76,3 +76,12 @@ def test_two_process_ddp_ranks_agree(tmp_path):
     states = run_ddp(tiny_config("self_training"), tmp_path)
     assert_states_equal(states[0], states[1])
     assert (tmp_path / "final.json").is_file()
+
+
+def test_init_from_a_warmup_checkpoint(tmp_path, capsys):
+    train(tiny_config("source_only", **{"train.warmup_iters": 0, "train.iters": 2}), tmp_path / "warm")
+    cfg = tiny_config("self_training", **{"train.warmup_iters": 0, "train.init": str(tmp_path / "warm" / "final.pt")})
+    result = train(cfg, tmp_path / "adapt")
+    warm = json.loads((tmp_path / "warm" / "final.json").read_text())
+    assert result["before"]["miou"] == pytest.approx(warm["miou"])  # "before" is the warm-up model, evaluated
+    assert "before: from final.pt" in capsys.readouterr().out

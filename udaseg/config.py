@@ -64,6 +64,7 @@ class TrainConfig:
     method: str = "self_training"  # plug-ins joined by '+', e.g. dida+cpsl; source_only trains on source alone
     warmup: str = "source_only"  # stage before adaptation: source_only or diga (symmetric distillation)
     warmup_iters: int = 1200  # iterations of the warm-up stage (0 = adapt from the start)
+    init: str = ""  # start from this checkpoint's weights (e.g. a warm-up run's final.pt) instead of scratch
     iters: int = 1200  # iterations of the adaptation stage
     ema: float = 0.99  # teacher momentum (0.999 in the papers' 40k-iteration schedules)
     eval_every: int = 400  # evaluate the teacher on the target val set every N iterations (0 = only at the end)

@@ -68,14 +68,14 @@ class OnnxBackend:
         self.expected = spec["shape"]
         h, w = spec["shape"][2:]
         self.input_size = (h, w) if isinstance(h, int) and isinstance(w, int) else None
-        self.input_dtype = spec["dtype"]
+        self.input_name, self.input_dtype = spec["name"], spec["dtype"]
         self.outputs = [o.name for o in self.session.get_outputs()]
 
     def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]:
         from udaseg.export.onnx_utils import check_input_shape
 
-        check_input_shape(tuple(x.shape), self.expected)
-        return dict(zip(self.outputs, self.session.run(self.outputs, {"input": x})))
+        check_input_shape(tuple(x.shape), self.expected, self.input_name)
+        return dict(zip(self.outputs, self.session.run(self.outputs, {self.input_name: x})))
 
 
 class EngineBackend:
@@ -171,4 +171,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, FileNotFoundError, RuntimeError) as e:  # ExportError, TensorRTUnavailable, ...
+        raise SystemExit(f"udaseg.infer: {e}") from None

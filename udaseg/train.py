@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from udaseg import distributed as dist
 from udaseg import viz
-from udaseg.checkpoint import load_checkpoint, save_checkpoint
+from udaseg.checkpoint import load_checkpoint, model_weights, save_checkpoint
 from udaseg.config import Config, ConfigError, load_config, save_config, to_dict
 from udaseg.data import build_dataset
 from udaseg.data.labels import IGNORE_INDEX
@@ -208,6 +208,18 @@ def restore(run: dict, path: Path) -> int:
     return int(payload["iteration"])
 
 
+def init_weights(run: dict, path: str) -> None:
+    """Start from another run's weights (e.g. a shared warm-up): student and teacher, not the optimizer."""
+    payload = load_checkpoint(path)
+    spec = payload.get("model_spec", {})
+    if spec and (spec.get("name"), spec.get("num_classes")) != (run["model_spec"]["name"],
+                                                               run["model_spec"]["num_classes"]):
+        raise ConfigError(f"train.init={path}: a {spec.get('name')} model with {spec.get('num_classes')} classes, "
+                          f"but this run trains {run['model_spec']['name']} with {run['model_spec']['num_classes']}")
+    run["student"].load_state_dict(model_weights(payload, path, prefer="model"))
+    run["teacher"].load_state_dict(model_weights(payload, path, prefer="teacher"))
+
+
 class StopFlag:
     """SIGINT/SIGTERM finish the current step, write last.pt and return: nothing is lost."""
 
@@ -278,6 +290,8 @@ def train(cfg: Config, out: str | Path, resume: bool = False, stop_after: int | 
            "data": data, "device": device, "model_spec": spec, "config_dict": to_dict(cfg), "history": {},
            "t0": time.perf_counter()}
     start = 0
+    if cfg.train.init and not (resume and (out / "last.pt").exists()):
+        init_weights(run, cfg.train.init)
     if resume and (out / "last.pt").exists():
         start = restore(run, out / "last.pt")
         if dist.is_main():
@@ -322,6 +336,8 @@ def loop(run: dict, cfg: Config, stages: list[dict], out: Path, start: int, stop
             begin = max(start, stage["start"])
             src_it, tgt_it = streams(cfg, run["data"], begin, stage["end"], dist.rank(), device.type == "cuda")
             methods = stage["methods"]
+            if stage["name"] == "adapt" and "before" not in run["history"]:
+                record_before(run, cfg, stage)  # no warm-up stage in this run: "before" is the initial model
             for it in range(begin, stage["end"]):
                 src, tgt = next(src_it), next(tgt_it)
                 lr = O.set_lr(run["optimizer"], O.lr_factor(it - stage["start"], stage["end"] - stage["start"],
@@ -384,7 +400,7 @@ def after_step(run: dict, cfg: Config, stage: dict, it: int, out: Path, stages: 
     """Evaluations and checkpoints due after iteration `it`."""
     t, n = cfg.train, it + 1
     end_of_stage = n == stage["end"]
-    if stage["name"] == "warmup" and end_of_stage or (stage["name"] == "adapt" and n == stage["start"] == 0):
+    if stage["name"] == "warmup" and end_of_stage:
         record_before(run, cfg, stage)
     elif stage["name"] == "adapt" and t.eval_every and n % t.eval_every == 0 and not end_of_stage:
         result = eval_teacher(run, cfg, full=False) if dist.is_main() else None
@@ -403,7 +419,7 @@ def record_before(run: dict, cfg: Config, stage: dict) -> None:
         run["history"]["before"] = result
         run["history"]["before_samples"] = viz.sample_predictions(run["teacher"], run["data"]["val"],
                                                                   cfg.train.samples, run["device"])
-        tqdm.write(f"end of {stage['spec']} warm-up: target mIoU {result['miou']:.2f}")
+        tqdm.write(f"before adaptation: target mIoU {result['miou']:.2f}")
     dist.barrier()
 
 
@@ -440,7 +456,9 @@ def summary_table(before: dict | None, after: dict, stages: list[dict], cfg: Con
     head = f"target mIoU ({cfg.data.protocol} classes)"
     lines.append(f"\n{'':<34}{head}")
     if before:
-        lines.append(f"{'before: ' + stages[0]['spec'] + ' warm-up':<34}{before['miou']:>8.2f}")
+        start = (f"{stages[0]['spec']} warm-up" if stages[0]["name"] == "warmup"
+                 else f"from {Path(cfg.train.init).name}" if cfg.train.init else "initial weights")
+        lines.append(f"{'before: ' + start:<34}{before['miou']:>8.2f}")
     delta = f"  ({after['miou'] - before['miou']:+.2f})" if before else ""
     lines.append(f"{'after: ' + cfg.train.method:<34}{after['miou']:>8.2f}{delta}")
     return "\n".join(lines)

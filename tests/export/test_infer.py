@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import SIZE
+from export_testdata import SIZE
 from PIL import Image
 
 from udaseg.data.labels import PALETTE

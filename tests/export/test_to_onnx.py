@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import SIZE
+from export_testdata import SIZE
 
 from udaseg.export import prepost
 from udaseg.export.onnx_utils import (

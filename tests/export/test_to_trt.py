@@ -54,6 +54,8 @@ def test_script_without_tensorrt_exits_2(fp32_onnx, tmp_path):
     "asked, graph, major, strongly_typed, flags, convert",
     [
         (None, "fp16", 10, True, [], False),  # precision from the graph
+        (None, "fp32", 10, False, ["FP16"], False),  # no precision asked: fp16, the car's default
+        (None, "fp32", 11, True, [], True),
         ("fp16", "fp16", 11, True, [], False),
         ("int8", "int8", 10, True, [], False),
         ("int8", "int8", 11, True, [], False),
@@ -65,7 +67,7 @@ def test_script_without_tensorrt_exits_2(fp32_onnx, tmp_path):
 def test_precision_plan(asked, graph, major, strongly_typed, flags, convert):
     plan = plan_precision(asked, graph, major)
     assert (plan.strongly_typed, plan.builder_flags, plan.convert_to_fp16) == (strongly_typed, flags, convert)
-    assert plan.precision == (asked or graph)
+    assert plan.precision == (asked or ("fp16" if graph == "fp32" else graph))
 
 
 @pytest.mark.parametrize(
@@ -179,7 +181,7 @@ def test_fake_tensorrt_fp32_fallback_and_parser_errors(precision_onnx, tmp_path,
     assert not (tmp_path / "m.engine").exists()
     monkeypatch.setitem(sys.modules, "tensorrt", make_fake_tensorrt("11.4.0", parse_errors=2))
     with pytest.raises(BuildError, match=r"could not parse .*\(2 errors"):
-        to_trt.build_engine(precision_onnx["fp32"], tmp_path / "m.engine")
+        to_trt.build_engine(precision_onnx["fp32"], tmp_path / "m.engine", "fp32")
     errors = [r.getMessage() for r in caplog.records if "parser error" in r.getMessage()]
     assert errors == [
         "ONNX parser error 1/2: node 10 (Resize 'node_resize_0'): unsupported mode 0",

@@ -93,6 +93,7 @@ def test_misuse_raises_value_error_naming_the_argument(case, name):
 
 
 def test_cpu_path_memory_is_bounded(peak_extra_mb):
-    # An N x M float32 score matrix would take 2,400 MB; the chunked path keeps (chunk, M) tiles of 4 MB.
+    # An N x M float32 score matrix would take 2,400 MB; the chunked path keeps (chunk, M) tiles of 32 MB (and
+    # torch.topk its own copy of one): measured ~130 MB.
     extra = peak_extra_mb("bank_topk", "lambda q: bank_topk(q, bank, 16)")
-    assert extra < 200, f"bank_topk grew the peak RSS by {extra:.0f} MB"
+    assert extra < 300, f"bank_topk grew the peak RSS by {extra:.0f} MB"

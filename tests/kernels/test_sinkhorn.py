@@ -21,14 +21,15 @@ def _data(n, k, scale=0.5, dtype=torch.float32, seed=0):
 @pytest.mark.parametrize("n,k", SHAPES)
 @pytest.mark.parametrize("iterations", [0, 1, 3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_matches_float64_reference(impl, n, k, iterations, dtype, assert_close):
-    scores, marginal = _data(n, k, dtype=dtype)
+@pytest.mark.parametrize("scale", [0.5, 4.0])  # logits spanning < 50 (the CPU path's exp space) and > 50 (log space)
+def test_matches_float64_reference(impl, n, k, iterations, dtype, scale, assert_close):
+    scores, marginal = _data(n, k, scale=scale, dtype=dtype)
     q = sinkhorn(scores, marginal, 0.05, iterations, impl=impl)
     ref = sinkhorn(scores.double(), marginal.double(), 0.05, iterations, impl="torch")
     assert q.dtype == torch.float32 and q.shape == (n, k)
     assert_close(q, ref, 1e-6, 1e-4, "Q")
     if iterations:
-        assert_close(q.sum(1), torch.ones(n), 1e-5, 0, "row sums")
+        assert_close(q.sum(1), torch.ones(n), 1e-4, 0, "row sums")  # logits ~ 300: float32 ulp ~ 3e-5
 
 
 def test_columns_approach_the_marginal(impl, assert_close):

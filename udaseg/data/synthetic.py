@@ -66,8 +66,8 @@ DOMAINS: dict[str, Domain] = {
         S.SceneStats(horizon=(0.4, 0.52), cars=3.5, parked_cars=2.5, trucks=0.3, buses=0.35, train_prob=0.1,
                      persons=4.5, riders=1.2, bicycles=1.0, motorcycles=0.3, poles=4.0, trees=3.0, terrain=0.6,
                      vehicle_scale=0.9, person_scale=1.1),
-        DomainStyle(hue_shift=30.0, saturation=0.6, brightness=0.85, stuff_jitter=0.05, thing_jitter=0.15,
-                    image_brightness=0.2, image_hue=10.0, texture=0.12, noise=0.04, blur=0.8, lighting=0.35,
+        DomainStyle(hue_shift=20.0, saturation=0.9, brightness=0.95, stuff_jitter=0.05, thing_jitter=0.15,
+                    image_brightness=0.15, image_hue=10.0, texture=0.12, noise=0.04, blur=0.8, lighting=0.35,
                     haze=0.35)),
 }
 

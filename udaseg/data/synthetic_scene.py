@@ -385,7 +385,7 @@ def _movers(c: Canvas, v: View, rng: np.random.Generator, s: SceneStats, lines: 
         for u in _u_sorted(rng, rng.poisson(n), 0.08, 0.7):
             jobs.append((u, _big_vehicle, (on_road(u), rng, cls, vs)))
     if rng.random() < s.train_prob:
-        jobs.append((rng.uniform(0.12, 0.35), lambda c_, v_, u_: _train(c_, v_, u_, rng), ()))
+        jobs.append((rng.uniform(0.12, 0.35), _train, (rng,)))
     for u in _u_sorted(rng, rng.poisson(s.persons), 0.1, 1.0):
         jobs.append((u, _person, (on_road(u) if rng.random() < 0.15 else on_walk(u), rng, ps)))
     for u in _u_sorted(rng, rng.poisson(s.riders), 0.1, 0.9):

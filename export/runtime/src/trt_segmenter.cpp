@@ -96,11 +96,14 @@ struct TrtSegmenter::Impl {
         if (shape.nbDims != 4 || shape.d[1] != 3) {
             throw std::runtime_error("engine input '" + input + "' must be (B, 3, H, W), found " + dims_str(shape));
         }
-        const nvinfer1::Dims lo = engine->getProfileShape(input.c_str(), 0, nvinfer1::OptProfileSelector::kMIN);
-        const nvinfer1::Dims opt = engine->getProfileShape(input.c_str(), 0, nvinfer1::OptProfileSelector::kOPT);
-        const nvinfer1::Dims hi = engine->getProfileShape(input.c_str(), 0, nvinfer1::OptProfileSelector::kMAX);
-        const bool dynamic = shape.d[2] < 0 || shape.d[3] < 0 || shape.d[0] < 0;
-        shape.d[0] = 1;
+        const bool dynamic = shape.d[0] < 0 || shape.d[2] < 0 || shape.d[3] < 0;
+        nvinfer1::Dims lo = shape, opt = shape, hi = shape;  // a static input is its own profile
+        if (dynamic) {
+            lo = engine->getProfileShape(input.c_str(), 0, nvinfer1::OptProfileSelector::kMIN);
+            opt = engine->getProfileShape(input.c_str(), 0, nvinfer1::OptProfileSelector::kOPT);
+            hi = engine->getProfileShape(input.c_str(), 0, nvinfer1::OptProfileSelector::kMAX);
+        }
+        if (shape.d[0] < 0) shape.d[0] = 1;
         if (shape.d[2] < 0) shape.d[2] = h > 0 ? h : opt.d[2];
         if (shape.d[3] < 0) shape.d[3] = w > 0 ? w : opt.d[3];
         if ((h > 0 && shape.d[2] != h) || (w > 0 && shape.d[3] != w)) {
