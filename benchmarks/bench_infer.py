@@ -240,6 +240,8 @@ def markdown(result: dict) -> str:
                 f"| {r['size']} | {r['backend']} | {r['precision']} | {r['median_ms']:.1f} | "
                 f"{r['p90_ms']:.1f} | {r['throughput_fps']:.2f} |"
             )
+    if max(env["load_before"], env["load_after"]) > (os.cpu_count() or 1):
+        lines.append("\nThe machine was shared (load average above its core count): compare rows within this file.")
     for size in dict.fromkeys(r["size"] for r in result["latency"]):
         median = {(r["backend"], r["precision"]): r.get("median_ms") for r in result["latency"] if r["size"] == size}
         ort = median.get(("onnxruntime cpu", "fp32")) or median.get(("onnxruntime cuda", "fp32"))

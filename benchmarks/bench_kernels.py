@@ -360,10 +360,19 @@ def main() -> None:
             print(f"{r['op']:26s} {r['mode']:17s} {r['impl']:8s} " + (
                 r.get("error") or f"{r['ms_median']:9.2f} ms (cpu {r['cpu_ms_median']:9.2f})  "
                                   f"{100 * r['fraction_of_floor']:5.1f}% of floor"), flush=True)
-    notes = [] if device == "cuda" else [
-        "triton is not timed on CPU: it only runs under TRITON_INTERPRET=1 there, whose timings mean nothing.",
-        "auto = chunked on CPU; the GPU targets (>= 2x eager, >= 1.2x torch.compile, >= 50% of the memory floor, "
-        ">= 35% of bf16 tensor-core peak) need `--device cuda` on an H100 and were not measured here."]
+    notes = [
+        "CPU ms: process CPU time of one call, all threads together; peak extra MB: resident-memory (CPU) or "
+        "allocator (CUDA) high-water mark of one call above what was allocated before it.",
+        "first-call seconds depend on torch.compile's on-disk cache (inductor FX graph cache): cold, a compile "
+        "took ~60 s per op on the shared CPU machine.",
+        "bank_topk's reference sorts whole rows (a stable sort gives the tie rule), so it is slower than a bare "
+        "torch.topk; the chunked path runs torch.topk on (rows, M) chunks and repairs ties.",
+    ]
+    if device != "cuda":
+        notes += [
+            "triton is not timed on CPU: it only runs under TRITON_INTERPRET=1 there, whose timings mean nothing.",
+            "auto = chunked on CPU. The GPU targets (>= 2x eager, >= 1.2x torch.compile, >= 50% of the memory "
+            "floor, >= 35% of bf16 tensor-core peak) need `--device cuda` on an H100: not measured here."]
     results = {"environment": environment(device), "ceilings": ceiling, "load_before": load_before,
                "load_after": os.getloadavg()[0] if hasattr(os, "getloadavg") else None, "rows": rows, "notes": notes}
     args.out.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._dispatch import INTERPRET, acc_dtype, check_count, check_float, check_index, next_pow2, resolve_impl
+from ._dispatch import INTERPRET, acc_dtype, check_count, check_float, check_index, chunk_rows, next_pow2, resolve_impl
 from ._tiles import Launcher, configs, dot_precision, num_programs, tl, triton
 
 OP = "class_feature_sums"
@@ -128,7 +128,9 @@ def class_feature_sums_reference(
 
 
 class ChunkedClassSums(torch.autograd.Function):
-    """index_add_ over row chunks (bounded fp32 copies of half-precision features); backward is a gather."""
+    """one_hot(labels)^T @ features per row chunk: a GEMM (C + 1 rows, the last one for skipped labels) instead of
+    index_add_ and bincount, which scale badly on two threads. Counts are the one-hot's row sums (exact: a chunk
+    has far fewer than 2^24 rows). The backward is a gather."""
 
     @staticmethod
     def forward(ctx, features: Tensor, labels: Tensor, num_classes: int, ignore_index: int):
@@ -136,13 +138,16 @@ class ChunkedClassSums(torch.autograd.Function):
         keep = _valid(labels, num_classes, ignore_index)  # (N,)
         target = torch.where(keep, labels.long(), num_classes)  # (N,); skipped rows go to a spare row
         sums = features.new_zeros(num_classes + 1, features.shape[1], dtype=dt)  # (C + 1, D)
-        step = 1 << 16
+        counts = torch.zeros(num_classes + 1, dtype=torch.int64, device=features.device)  # (C + 1,)
+        step = chunk_rows(num_classes + 1)
         for s in range(0, features.shape[0], step):
-            sums.index_add_(0, target[s : s + step], features[s : s + step].to(dt))
-        counts = torch.bincount(target, minlength=num_classes + 1)[:num_classes]
+            chunk = target[s : s + step]  # (R,)
+            onehot = features.new_zeros(num_classes + 1, chunk.shape[0], dtype=dt).scatter_(0, chunk[None], 1.0)
+            sums.addmm_(onehot, features[s : s + step].to(dt))  # (C + 1, R) @ (R, D)
+            counts += onehot.sum(1).long()
         ctx.save_for_backward(target)
         ctx.input_dtype = features.dtype
-        return sums[:num_classes], counts
+        return sums[:num_classes], counts[:num_classes]
 
     @staticmethod
     def backward(ctx, grad_sums: Tensor, grad_counts: Tensor | None):

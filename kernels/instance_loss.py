@@ -5,7 +5,8 @@ With s_w = weak . bank / T and s_s = strong . bank / T over the valid slots m (l
     loss[n] = -sum_m t[n, m] log softmax_m(s_s[n, m]) = LSE_m(s_s[n]) - sum_m t[n, m] s_s[n, m]
 A row whose target is empty (Z_n = 0: no valid slot, or zero weight on every present class) has loss 0.
 Differentiable w.r.t. strong only: d loss[n] / d strong[n] = sum_m (softmax_m(s_s) - t[n, m]) bank[m] / T.
-Neither pass stores an N x M matrix: the backward recomputes the logits from two saved row statistics.
+Neither pass stores an N x M matrix: the chunked backward recomputes the strong logits from a saved (N,) LSE and
+an (N, D) target mean; the Triton backward recomputes both logits from two saved (N,) statistics.
 
 Triton design: the bank is grouped by class (see bank_logsumexp), so class_weights[n, label m] is one per-row
 value per class segment; one pass keeps three online sums per row (strong log-sum-exp; target normaliser;
@@ -34,7 +35,6 @@ from ._tiles import Launcher, common_dtype, configs, dot_precision, dot_tile, gr
 
 OP = "instance_consistency_loss"
 LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
 
 # --- torch reference ---
 
@@ -65,59 +65,70 @@ def instance_consistency_loss_reference(
 # --- chunked torch (CPU fast path) ---
 
 
-def _target_logits(weak: Tensor, rows_t: Tensor, log_w: Tensor) -> tuple[Tensor, Tensor]:
-    """Target log-weights a = weak . bank / T + log class weight (R, Mv) and their row max (R, 1), which is -inf
-    exactly for an empty target."""
-    a = (weak @ rows_t).add_(log_w)  # (R, Mv)
-    peak = a.amax(1, keepdim=True)  # (R, 1)
-    return a, peak
+LOG_ZERO = -1e4  # log of a zero class weight inside the GEMM (-inf would make 0 * -inf = NaN): exp() gives 0
+
+
+def _prepare(weak, strong, bank, bank_labels, class_weights, temperature):
+    """The valid slots, scaled by 1/T, with the class log-weights folded into the GEMM: [weak | log w] @
+    [bank / T | one_hot(label)]^T = weak . bank / T + log w[label], no (R, M) gather.
+
+    Returns:
+        weak_ext (N, D + C), strong (N, D), rows (Mv, D), rows_ext_t (D + C, Mv), empty (N, 1) bool: rows whose
+        target has no mass (no valid slot, or zero weight on every class present).
+    """
+    dt = acc_dtype(weak, strong, bank, class_weights)
+    num_classes = class_weights.shape[1]
+    valid = (bank_labels >= 0) & (bank_labels < num_classes)
+    labels = bank_labels[valid].long()  # (Mv,)
+    rows = bank.detach()[valid].to(dt) / temperature  # (Mv, D), carries the 1/T
+    onehot = torch.nn.functional.one_hot(labels, num_classes).to(dt)  # (Mv, C)
+    rows_ext_t = torch.cat([rows, onehot], 1).T.contiguous()  # (D + C, Mv)
+    cw = class_weights.detach().to(dt)  # (N, C)
+    weak_ext = torch.cat([weak.detach().to(dt), cw.log().clamp_min_(LOG_ZERO)], 1)  # (N, D + C)
+    present = onehot.sum(0) > 0  # (C,)
+    empty = ~((cw > 0) & present).any(1, keepdim=True)  # (N, 1)
+    return weak_ext, strong.detach().to(dt), rows, rows_ext_t, empty
 
 
 class ChunkedInstanceLoss(torch.autograd.Function):
-    """Row chunks forward and backward; saves two (N,) row statistics, nothing of size N x M."""
+    """Row chunks forward and backward; saves (N,) and (N, D) row statistics, nothing of size N x M.
+
+    With t the target and p = softmax(strong logits), d loss / d strong = (p - t) @ bank / T. The t @ bank / T half
+    depends on the weak view only: the forward stores it (tb, (N, D)), so the backward recomputes the strong
+    logits alone. tb also gives the loss's cross term: sum_m t s = strong . tb.
+    """
 
     @staticmethod
     def forward(ctx, weak, strong, bank, bank_labels, class_weights, temperature):
-        dt = acc_dtype(weak, strong, bank, class_weights)
-        valid = (bank_labels >= 0) & (bank_labels < class_weights.shape[1])
-        rows = bank.detach()[valid].to(dt) / temperature  # (Mv, D), carries the 1/T
-        labels = bank_labels[valid].long()  # (Mv,)
-        log_cw = class_weights.detach().to(dt).log()  # (N, C)
-        w, s = weak.detach().to(dt), strong.detach().to(dt)  # (N, D)
-        loss = torch.zeros(w.shape[0], dtype=dt, device=w.device)  # (N,)
-        stats = torch.zeros(2, w.shape[0], 1, dtype=dt, device=w.device)  # LSE of strong logits, of a
-        rows_t = rows.T.contiguous()  # (D, Mv)
+        weak_ext, s, rows, rows_ext_t, empty = _prepare(weak, strong, bank, bank_labels, class_weights, temperature)
+        n = s.shape[0]
+        tb = torch.zeros_like(s)  # (N, D) sum_m t[n, m] bank[m] / T
+        lse_s = torch.zeros(n, 1, dtype=s.dtype, device=s.device)  # (N, 1)
+        rows_t = rows_ext_t[: s.shape[1]]  # (D, Mv) view
         step = chunk_rows(2 * rows.shape[0])
-        for st in range(0, w.shape[0] if rows.shape[0] else 0, step):  # no valid slot: every target is empty
+        for st in range(0, n if rows.shape[0] else 0, step):  # no valid slot: every target is empty
             sl = slice(st, st + step)
-            a, peak = _target_logits(w[sl], rows_t, log_cw[sl][:, labels])  # (R, Mv), (R, 1)
-            empty = torch.isneginf(peak)  # (R, 1)
-            peak = peak.masked_fill_(empty, 0.0)
-            t = exp_(a.sub_(peak))  # (R, Mv) unnormalised target (zero weights: exp(-87), not 0: negligible)
-            total = t.sum(1, keepdim=True)  # (R, 1)
-            logits = s[sl] @ rows_t  # (R, Mv)
-            cross = torch.bmm(t.unsqueeze(1), logits.unsqueeze(2)).squeeze(2) / total  # (R, 1) sum_m t s
-            stats[0, sl] = logsumexp_(logits)
-            stats[1, sl] = total.log_().add_(peak).masked_fill_(empty, float("-inf"))
-            loss[sl] = (stats[0, sl] - cross).masked_fill_(empty, 0.0).squeeze(1)
-        ctx.save_for_backward(weak, strong, rows, labels, log_cw, stats)
+            a = weak_ext[sl] @ rows_ext_t  # (R, Mv) target log-weights
+            t = exp_(a.sub_(a.amax(1, keepdim=True)))  # (R, Mv) unnormalised target
+            tb[sl] = (t @ rows).div_(t.sum(1, keepdim=True))
+            lse_s[sl] = logsumexp_(s[sl] @ rows_t)
+        tb.masked_fill_(empty, 0.0)
+        loss = (lse_s - (s * tb).sum(1, keepdim=True)).masked_fill_(empty, 0.0).squeeze(1)  # (N,)
+        ctx.save_for_backward(strong, rows, lse_s, tb, empty)
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss: Tensor):
-        weak, strong, rows, labels, log_cw, stats = ctx.saved_tensors
-        w, s = weak.detach().to(rows.dtype), strong.detach().to(rows.dtype)  # (N, D)
-        grad = torch.zeros_like(s)  # (N, D)
-        rows_t = rows.T.contiguous()
-        empty = torch.isneginf(stats[1])  # (N, 1) an empty target: loss 0, grad 0
-        lse_t = stats[1].masked_fill(empty, 0.0)
-        g = grad_loss.to(rows.dtype).unsqueeze(1).masked_fill(empty, 0.0)  # (N, 1)
-        step = chunk_rows(2 * rows.shape[0])
-        for st in range(0, w.shape[0] if rows.shape[0] else 0, step):
+        strong, rows, lse_s, tb, empty = ctx.saved_tensors
+        s = strong.detach().to(rows.dtype)  # (N, D)
+        g = grad_loss.to(rows.dtype).unsqueeze(1).masked_fill(empty, 0.0)  # (N, 1): an empty target has grad 0
+        grad = -tb * g  # (N, D): the target half
+        rows_t = rows.T.contiguous()  # (D, Mv)
+        step = chunk_rows(rows.shape[0])
+        for st in range(0, s.shape[0] if rows.shape[0] else 0, step):
             sl = slice(st, st + step)
-            t = exp_((w[sl] @ rows_t).add_(log_cw[sl][:, labels]).sub_(lse_t[sl]))  # (R, Mv) target
-            p = exp_((s[sl] @ rows_t).sub_(stats[0, sl]))  # (R, Mv) softmax of the strong logits
-            grad[sl] = p.sub_(t).mul_(g[sl]) @ rows  # (softmax - t) * g @ bank / T
+            p = exp_((s[sl] @ rows_t).sub_(lse_s[sl]))  # (R, Mv) softmax of the strong logits
+            grad[sl] += (p @ rows).mul_(g[sl])
         return None, grad.to(strong.dtype), None, None, None, None
 
 

@@ -235,7 +235,7 @@ def _sinkhorn_triton(scores: Tensor, marginal: Tensor, epsilon: float, iteration
     rows(compute_u=False, cols=True, write_q=False)  # column partials of x + 0
     if iterations == 0:  # N * exp(x - LSE_all x): v = 0, u = -LSE_all - log2 N
         columns(torch.zeros_like(log_b))  # v = -LSE_n(x) per column
-        u.fill_(-torch.logsumexp(-v * math.log(2), 0).item() * LOG2E)
+        u.copy_((-torch.logsumexp(-v * math.log(2), 0) * LOG2E).expand(n))  # no host sync
         v.zero_()
         rows(compute_u=False, cols=False, write_q=True)
         return q

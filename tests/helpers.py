@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -101,9 +102,15 @@ def _ddp_worker(rank: int, world: int, port: int, cfg: Config, out: Path) -> Non
         dist.shutdown()
 
 
-def run_ddp(cfg: Config, out: Path, world: int = 2) -> list[dict[str, Any]]:
+def run_ddp(cfg: Config, out: Path, world: int = 2, timeout: float = 600) -> list[dict[str, Any]]:
     """Train with `world` gloo processes; returns each rank's in-memory model, teacher and method state."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    mp.spawn(_ddp_worker, args=(world, _free_port(), cfg, out), nprocs=world, join=True)
+    ctx = mp.spawn(_ddp_worker, args=(world, _free_port(), cfg, out), nprocs=world, join=False)
+    deadline = time.monotonic() + timeout
+    while not ctx.join(timeout=5):  # a collective mismatch must fail the test, not hang CI
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            raise TimeoutError(f"DDP run did not finish in {timeout} s: ranks are probably waiting on each other")
     return [torch.load(out / f"rank{r}.pt", map_location="cpu", weights_only=True) for r in range(world)]

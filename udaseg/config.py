@@ -33,7 +33,7 @@ class DataConfig:
     target_resize: list[int] = field(default_factory=list)  # same for target images; empty = keep
     scale_range: list[float] = field(default_factory=lambda: [0.75, 1.25])  # random scale before the crop
     batch_size: int = 4  # images per domain per step (per process under DDP)
-    workers: int = 2  # DataLoader workers per domain
+    workers: int = 1  # DataLoader workers per domain (decoding 128x256 PNGs is cheap; cores go to the model)
     rcs: bool = True  # rare-class sampling of source images (DAFormer)
     rcs_temperature: float = 0.01  # T in P(c) = softmax((1 - f_c) / T)
     rcs_min_pixels: int = 50  # an image counts for class c when it has more pixels of c (3000 at 1280x720)

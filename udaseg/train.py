@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import itertools
 import json
 import math
 import resource
@@ -44,7 +45,7 @@ from udaseg.engine.state import capture_rng, restore_rng
 from udaseg.evaluate import evaluate, format_table
 from udaseg.methods import Step, build_methods
 from udaseg.methods.base import Method, resolved_options
-from udaseg.models import build_model, upsample
+from udaseg.models import build_model
 
 WARMUP_ALIASES = {"diga": "diga_warmup"}  # --warmup diga runs DiGA's symmetric-distillation plug-in
 
@@ -88,13 +89,17 @@ def build_data(cfg: Config, out: Path, rank: int) -> dict[str, Any]:
     }
 
 
-def streams(cfg: Config, data: dict, start: int, end: int, rank: int, pin: bool):
-    """Batches for iterations [start, end): a pure function of (seed, iteration, rank), so resume is exact."""
+def streams(cfg: Config, data: dict, start: int, end: int, rank: int, pin: bool, target: bool):
+    """Batches for iterations [start, end): a pure function of (seed, iteration, rank), so resume is exact.
+
+    Without `target` (a source-only stage) the target stream yields None and loads nothing.
+    """
     d, seed = cfg.data, cfg.train.seed
     probs, images = data["rcs"] if data["rcs"] else (None, None)
     src = D.StepSampler(len(data["source"]), d.batch_size, start, end, seed, D.SOURCE_STREAM, rank, probs, images)
     tgt = D.StepSampler(len(data["target"]), d.batch_size, start, end, seed, D.TARGET_STREAM, rank)
-    return D.loader(data["source"], src, d.workers, pin), D.loader(data["target"], tgt, d.workers, pin)
+    target_stream = D.loader(data["target"], tgt, d.workers, pin) if target else itertools.repeat(None)
+    return D.loader(data["source"], src, d.workers, pin), target_stream
 
 
 def build_stages(cfg: Config, num_classes: int, feature_dim: int, device) -> list[dict]:
@@ -116,35 +121,28 @@ def all_methods(stages: list[dict]) -> dict[str, Method]:
 
 
 # ----------------------------------------------------------------------------- one step
-def teacher_predict(teacher, image, amp) -> dict[str, torch.Tensor]:
+def teacher_predict(step: Step) -> dict[str, torch.Tensor]:
     """Teacher logits/probabilities at image resolution and its decoder features, without gradients."""
-    teacher.eval()
-    with torch.no_grad(), amp():
-        out = teacher(image)
-    logits = upsample(out["logits"].float(), image.shape[-2:])  # (B, C, H, W)
-    return {"logits": logits, "probs": logits.softmax(1), "features": out["features"].float()}
+    step.teacher.eval()
+    with torch.no_grad():
+        out = step.forward(step.teacher, step.target_image)
+    return {**out, "probs": out["logits"].softmax(1), "features": out["features"].float()}
 
 
-def student_forward(student, image, amp) -> dict[str, torch.Tensor]:
-    with amp():
-        out = student(image)
-    return {"logits": upsample(out["logits"].float(), image.shape[-2:]), "features": out["features"]}
-
-
-def train_step(step: Step, methods: list[Method], amp) -> dict[str, torch.Tensor]:
+def train_step(step: Step, methods: list[Method]) -> dict[str, torch.Tensor]:
     """Hooks in order (methods/base.py): pseudo-labels, mix, student forward, losses. Returns the loss terms."""
     needs_target = any(m.needs_target for m in methods) and step.target_image is not None
     if needs_target:
-        step.teacher_target = teacher_predict(step.teacher, step.target_image, amp)
+        step.teacher_target = teacher_predict(step)
         for m in methods:
             m.pseudo_labels(step)
         for m in methods:
             m.mix(step)
     step.student.train()
-    step.student_source = student_forward(step.student, step.source_image, amp)
+    step.student_source = step.forward(step.student, step.source_image)
     losses = {"source_ce": F.cross_entropy(step.student_source["logits"], step.source_label, ignore_index=IGNORE_INDEX)}
     if needs_target and step.mix_image is not None:
-        step.student_mix = student_forward(step.student, step.mix_image, amp)
+        step.student_mix = step.forward(step.student, step.mix_image)
     for m in methods:
         for name, value in m.losses(step).items():
             losses[f"{m.name}/{name}" if name in losses else name] = value
@@ -334,9 +332,10 @@ def loop(run: dict, cfg: Config, stages: list[dict], out: Path, start: int, stop
             if start >= stage["end"]:
                 continue
             begin = max(start, stage["start"])
-            src_it, tgt_it = streams(cfg, run["data"], begin, stage["end"], dist.rank(), device.type == "cuda")
             methods = stage["methods"]
-            if stage["name"] == "adapt" and "before" not in run["history"]:
+            src_it, tgt_it = streams(cfg, run["data"], begin, stage["end"], dist.rank(), device.type == "cuda",
+                                     target=any(m.uses_target_images for m in methods))
+            if stage["name"] == "adapt" and not run["history"].get("before_recorded"):
                 record_before(run, cfg, stage)  # no warm-up stage in this run: "before" is the initial model
             for it in range(begin, stage["end"]):
                 src, tgt = next(src_it), next(tgt_it)
@@ -344,10 +343,10 @@ def loop(run: dict, cfg: Config, stages: list[dict], out: Path, start: int, stop
                                                           cfg.optim.warmup_iters, cfg.optim.poly_power))
                 step = Step(iteration=it, source_image=src["image"].to(device, non_blocking=True),
                             source_label=src["label"].to(device, non_blocking=True),
-                            target_image=tgt["image"].to(device, non_blocking=True),
+                            target_image=None if tgt is None else tgt["image"].to(device, non_blocking=True),
                             generator=step_generator(t.seed, it, dist.rank()),
-                            student=run["student"], teacher=run["teacher"])
-                losses = train_step(step, methods, amp)
+                            student=run["student"], teacher=run["teacher"], amp=amp)
+                losses = train_step(step, methods)
                 loss = sum(losses.values())
                 losses["total"] = loss
                 run["optimizer"].zero_grad(set_to_none=True)
@@ -378,7 +377,7 @@ def loop(run: dict, cfg: Config, stages: list[dict], out: Path, start: int, stop
                     rate = steps_done / (time.perf_counter() - t0)
                     row = {k: sum(v) / len(v) for k, v in window.items()}
                     row.update(iter=it + 1, stage=stage["name"], lr=lr, grad_norm=gnorm, it_per_s=rate,
-                               img_per_s=rate * cfg.data.batch_size * dist.world_size() * 2)
+                               img_per_s=rate * cfg.data.batch_size * dist.world_size() * (1 + (tgt is not None)))
                     bar.set_postfix(loss=f"{row['total']:.3f}", it_s=f"{rate:.2f}", refresh=False)
                     if dist.is_main():
                         append_jsonl(out / "metrics.jsonl", row)
@@ -413,7 +412,11 @@ def after_step(run: dict, cfg: Config, stage: dict, it: int, out: Path, stages: 
 
 
 def record_before(run: dict, cfg: Config, stage: dict) -> None:
-    """Target mIoU and sample predictions of the teacher before adaptation (end of the warm-up)."""
+    """Target mIoU and sample predictions of the teacher before adaptation (end of the warm-up).
+
+    Rank 0 evaluates; every rank records that it happened (the flag decides a barrier, so all must agree).
+    """
+    run["history"]["before_recorded"] = True
     if dist.is_main():
         result = eval_teacher(run, cfg, full=True)
         run["history"]["before"] = result

@@ -64,11 +64,12 @@ def test_generate_same_bytes_and_cache(tmp_path):
     stamp = (a / "images" / "00000.png").stat().st_mtime_ns
     generate(tmp_path / "a", "target", "val", count=4)
     assert (a / "images" / "00000.png").stat().st_mtime_ns == stamp  # cache hit: nothing rewritten
-    generate(tmp_path / "a", "target", "val", count=5)
-    assert (a / "images" / "00004.png").exists()
-    (a / "meta.json").write_text(json.dumps({**meta, "version": -1}))
-    generate(tmp_path / "a", "target", "val", count=5)
+    five = generate(tmp_path / "a", "target", "val", count=5)
+    assert five != a and (five / "images" / "00004.png").exists() and (a / "meta.json").exists()  # one per setting
+    (a / "meta.json").write_text(json.dumps({**meta, "version": -1}))  # stale cache (an older generator version)
+    generate(tmp_path / "a", "target", "val", count=4)
     assert json.loads((a / "meta.json").read_text())["version"] == meta["version"]
+    assert (a / "images" / "00000.png").read_bytes() == (b / "images" / "00000.png").read_bytes()
     assert not [p for p in (tmp_path / "a" / "target").iterdir() if p.name.startswith(".")]  # no temp dirs left
 
 
@@ -80,7 +81,7 @@ def test_build_dataset_roles(tmp_path):
     item = src[0]
     assert item["image"].shape == (3, 64, 64) and item["label"].shape == (64, 64)
     assert tgt[0]["image"].shape == (3, 128, 256)
-    assert (tmp_path / "source" / "train" / "meta.json").exists()
+    assert (tmp_path / "source" / "train-128x256-n3-seed0" / "meta.json").exists()
     val = build_dataset(f"synthetic:{tmp_path}", split="val", count={"train": 3, "val": 2})
     assert len(val) == 2
     with pytest.raises(ValueError, match="split 'test'"):

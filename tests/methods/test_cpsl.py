@@ -162,6 +162,7 @@ def test_only_target_pixels_of_the_mix_are_used():
     m.pseudo_labels(step)
     step.mix_mask = torch.zeros(2, 6, 8, dtype=torch.bool)
     step.mix_mask[:, :, :4] = True  # left half pasted from the source
+    step.mix_aligned = ~step.mix_mask
     step.student_mix = {"features": torch.randn(2, FEAT, 3, 4)}
     m.losses(step)
     weak = weak_keys(m, step)[:, :, 2:].reshape(-1, D)  # the right half only

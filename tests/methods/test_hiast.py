@@ -27,7 +27,8 @@ def fake_step(b=2, h=6, w=8, seed=1) -> Step:
     step = Step(iteration=0, source_image=torch.rand(b, 3, h, w, generator=g), source_label=source_label,
                 target_image=torch.rand(b, 3, h, w, generator=g), generator=torch.Generator().manual_seed(seed),
                 teacher_target={"probs": probs, "logits": probs.log()}, pseudo_label=label,
-                pseudo_weight=torch.full((b, h, w), 0.5), pseudo_confidence=probs.amax(1), mix_mask=mask)
+                pseudo_weight=torch.full((b, h, w), 0.5), pseudo_confidence=probs.amax(1), mix_mask=mask,
+                mix_aligned=~mask)
     step.mix_image = torch.where(mask[:, None], step.source_image, step.target_image)
     step.mix_label = torch.where(mask, source_label, label)
     step.mix_weight = torch.where(mask, 1.0, step.pseudo_weight)

@@ -82,7 +82,7 @@ def fake_step(seed=1, b=2, h=16, w=32) -> Step:
                                                                                                  generator=g),
                 generator=torch.Generator().manual_seed(seed), student=student,
                 teacher_target={"probs": probs}, pseudo_label=label, pseudo_confidence=conf,
-                pseudo_weight=torch.ones(b, h, w), mix_mask=mask)
+                pseudo_weight=torch.ones(b, h, w), mix_mask=mask, mix_aligned=~mask)
     step.mix_image = torch.where(mask[:, None], step.source_image, step.target_image)
     step.mix_label = torch.where(mask, step.source_label, label)
     return step

@@ -207,7 +207,8 @@ def _write_range(out: str, seed: int, domain: str | Domain, split: str, start: i
 
 def generate(root: str | Path, domain: str, split: str, count: int, size: tuple[int, int] = DEFAULT_SIZE,
              seed: int = 0, workers: int | None = None, dom: Domain | None = None) -> Path:
-    """Make sure `root/<domain>/<split>-<H>x<W>-n<count>-seed<seed>` holds `count` scenes matching the meta; generate them if not.
+    """Make sure `root/<domain>/<split>-<H>x<W>-n<count>-seed<seed>` holds `count` scenes matching the meta
+    (version and domain definition included); generate them if not.
 
     Generation writes to a temporary folder and renames it, so concurrent processes (DDP ranks) never see a
     half-written split. Returns the split folder.

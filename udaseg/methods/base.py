@@ -16,6 +16,8 @@ ranks in `sync_state()` under DDP. Extra trainable modules (projection heads) co
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -42,10 +44,25 @@ class Step:
     mix_label: Tensor | None = None  # (B, H, W)
     mix_weight: Tensor | None = None  # (B, H, W)
     mix_mask: Tensor | None = None  # (B, H, W) bool: True where mix_image comes from the source image
+    mix_aligned: Tensor | None = None  # (B, H, W) bool: True where mix_image shows the weak target view's pixel at
+    #                                    the same position (not a source pixel, not a pasted donor): where the
+    #                                    teacher's output on target_image is a valid per-pixel target
     student_source: dict[str, Tensor] = field(default_factory=dict)  # logits (B,C,H,W) upsampled, features
     student_mix: dict[str, Tensor] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)  # what one plug-in leaves for the next (named by plug-in)
     metrics: dict[str, float] = field(default_factory=dict)  # scalars to log (not losses)
+    amp: Callable[[], Any] = contextlib.nullcontext  # the loop's autocast context (bf16/fp16 on CUDA)
+
+    def forward(self, model: nn.Module, image: Tensor) -> dict[str, Tensor]:
+        """Run `model` as the loop does (under its autocast): float32 logits upsampled to the image, features.
+
+        Under torch.no_grad() for the teacher; plug-ins' extra forward passes go through here.
+        """
+        from udaseg.models import upsample
+
+        with self.amp():
+            out = model(image)
+        return {"logits": upsample(out["logits"].float(), image.shape[-2:]), "features": out["features"]}
 
 
 class Method:
@@ -93,8 +110,13 @@ class Method:
 
     @property
     def needs_target(self) -> bool:
-        """Whether the loop must load target images and run the teacher."""
+        """Whether the loop runs the teacher on the target batch and the pseudo_labels and mix hooks."""
         return True
+
+    @property
+    def uses_target_images(self) -> bool:
+        """Whether the loop loads target images at all (DiGA's warm-up borrows their style without the teacher)."""
+        return self.needs_target
 
 
 REGISTRY: dict[str, type[Method]] = {}

@@ -152,22 +152,21 @@ def soft_cross_entropy(target_probs: Tensor, logits: Tensor) -> Tensor:
     return -(target_probs * F.log_softmax(logits.float(), dim=1)).sum(1).mean()
 
 
-def teacher_forward(teacher: nn.Module, image: Tensor) -> dict[str, Tensor]:
-    """Teacher logits at image size and features at output stride, eval mode, no gradients."""
-    teacher.eval()
+def teacher_forward(step: Step, image: Tensor) -> dict[str, Tensor]:
+    """Teacher logits at image size and features at output stride, eval mode, no gradients, the loop's autocast."""
+    step.teacher.eval()
     with torch.no_grad():
-        out = teacher(image)
-    return {"logits": upsample(out["logits"].float(), image.shape[-2:]), "features": out["features"].float()}
+        out = step.forward(step.teacher, image)
+    return {"logits": out["logits"], "features": out["features"].float()}
 
 
 def symmetric_distillation(step: Step, translate: Translator, blend: float) -> tuple[Tensor, dict[str, Tensor]]:
     """CE(T(x) -> S(x~)) + 0.5 * CE(T(x~) -> S(x)); returns the loss and the teacher's output on x~."""
     x, y = step.source_image, step.source_label
     mixture = cross_domain_mixture(x, y, step.target_image, step.generator, translate, blend)
-    t = teacher_forward(step.teacher, torch.cat([x, mixture]))  # eval-mode BN: images are independent
+    t = teacher_forward(step, torch.cat([x, mixture]))  # eval-mode BN: images are independent
     t_x, t_mix = t["logits"].chunk(2)
-    out = step.student(mixture)
-    s_mix = upsample(out["logits"].float(), mixture.shape[-2:])
+    s_mix = step.forward(step.student, mixture)["logits"]
     loss = soft_cross_entropy(t_x.softmax(1), s_mix) + 0.5 * soft_cross_entropy(t_mix.softmax(1),
                                                                                  step.student_source["logits"])
     return loss, {"logits": t_mix, "features": t["features"].chunk(2)[1]}
@@ -187,6 +186,10 @@ class DiGAWarmup(Method):
     @property
     def needs_target(self) -> bool:
         return False
+
+    @property
+    def uses_target_images(self) -> bool:
+        return True  # the translator borrows the target images' style
 
     def losses(self, step: Step) -> dict[str, Tensor]:
         if not self.options.distil_weight or step.target_image is None:

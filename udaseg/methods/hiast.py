@@ -125,15 +125,11 @@ def region_losses(logits: Tensor, teacher_probs: Tensor, labelled: Tensor, unlab
 
 def target_aligned(step: Step) -> Tensor:
     """(B, H, W) bool: where the student's mixed image shows this step's target crop, pixel-aligned with the
-    teacher's view (not a ClassMix source pixel, not a pasted donor pixel)."""
+    teacher's view (not a ClassMix source pixel, not a pasted donor pixel): `step.mix_aligned`."""
+    if step.mix_aligned is not None:
+        return step.mix_aligned
     b, _, h, w = step.mix_image.shape
-    out = torch.ones(b, h, w, dtype=torch.bool, device=step.mix_image.device)
-    if step.mix_mask is not None:
-        out &= ~step.mix_mask
-    paste = step.extras.get(NAME, {}).get("paste_mask")
-    if paste is not None:
-        out &= ~paste
-    return out
+    return torch.ones(b, h, w, dtype=torch.bool, device=step.mix_image.device)
 
 
 def to_uint8(image: Tensor) -> Tensor:
@@ -200,6 +196,8 @@ class HIAST(Method):
         weight = self.pool["weights"][donor][:, None, None].expand_as(paste)
         step.mix_weight = torch.where(paste, weight.to(step.mix_weight.dtype), step.mix_weight)
         step.extras.setdefault(NAME, {})["paste_mask"] = paste
+        if step.mix_aligned is not None:
+            step.mix_aligned = step.mix_aligned & ~paste  # donor pixels have no counterpart in the weak view
         step.metrics["hiast/pasted"] = float(paste.float().mean())
 
     def losses(self, step: Step) -> dict[str, Tensor]:

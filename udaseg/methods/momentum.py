@@ -59,16 +59,16 @@ class MomentumCopy:
 
 
 def target_region(step: Step, size: tuple[int, int]) -> Tensor:
-    """(B, h, w) bool at feature resolution: pixels of the student's mixed image that show the target crop.
+    """(B, h, w) bool at feature resolution: pixels of the student's mixed image aligned with the weak target view.
 
-    A feature pixel counts when less than half of its image patch was pasted from the source (ClassMix keeps
-    pixel positions, so such a pixel of the strong view lines up with the same pixel of the weak view).
+    A feature pixel counts when more than half of its image patch is aligned (`step.mix_aligned`: not pasted from
+    the source by ClassMix, nor from a donor by HIAST), so the strong view's pixel lines up with the weak view's.
     """
     b = step.target_image.shape[0]
-    if step.mix_mask is None:
+    if step.mix_aligned is None:
         return torch.ones(b, *size, dtype=torch.bool, device=step.target_image.device)
-    src = F.adaptive_avg_pool2d(step.mix_mask[:, None].float(), size)[:, 0]  # (B, h, w) fraction from source
-    return src < 0.5
+    aligned = F.adaptive_avg_pool2d(step.mix_aligned[:, None].float(), size)[:, 0]  # (B, h, w) aligned fraction
+    return aligned > 0.5
 
 
 def pool_probs(probs: Tensor, size: tuple[int, int]) -> Tensor:

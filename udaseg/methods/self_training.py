@@ -73,8 +73,10 @@ class SelfTraining(Method):
             step.mix_image = T.mix(mask, step.source_image, step.target_image)
             step.mix_label = T.mix(mask, step.source_label, step.pseudo_label)
             step.mix_weight = T.mix(mask, torch.ones_like(step.pseudo_weight), step.pseudo_weight)
+            step.mix_aligned = ~mask
         elif o.mix == "none":
             step.mix_image, step.mix_label, step.mix_weight = step.target_image, step.pseudo_label, step.pseudo_weight
+            step.mix_aligned = torch.ones_like(step.pseudo_label, dtype=torch.bool)
         else:
             raise ValueError(f"methods.self_training.mix: {o.mix!r} is not one of classmix, none")
         if o.strong_view:

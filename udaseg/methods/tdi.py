@@ -43,7 +43,6 @@ from udaseg.kernels import class_feature_sums
 from udaseg.methods.base import Method, Step, register_method
 from udaseg.methods.common import flatten_pixels, sample_pixels
 from udaseg.methods.hiast import target_aligned
-from udaseg.models import upsample
 
 NAME = "tdi"
 
@@ -136,11 +135,11 @@ class TDI(Method):
             return {}
         out: dict[str, Tensor] = {}
         if o.mix_weight:
-            logits = upsample(step.student(ex["image"])["logits"].float(), ex["image"].shape[-2:])
+            logits = step.forward(step.student, ex["image"])["logits"]
             out["t2s_ce"] = o.mix_weight * F.cross_entropy(logits, ex["label"], ignore_index=IGNORE_INDEX)
         if o.pixel_weight or o.proto_weight:
             strong = step.student_mix["logits"]  # (B, C, H, W)
-            weak = upsample(step.student(self.weak_mix(step))["logits"].float(), strong.shape[-2:])
+            weak = step.forward(step.student, self.weak_mix(step))["logits"]
             aligned = target_aligned(step)  # donor pixels pasted after ClassMix have no weak counterpart
             if o.pixel_weight:
                 out["pixel_nce"] = o.pixel_weight * pixel_contrast(weak, strong, aligned, o.pixels,
