@@ -276,7 +276,8 @@ def measure_case(case: Case, impls: list[str], device: str, reps: int, ceiling: 
 
 def _git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent)
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent)  # "-dirty": the tree differs from the commit
         return out.stdout.strip() or "uncommitted"
     except OSError:
         return "unknown"
@@ -348,7 +349,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     impls = args.impls.split(",") if args.impls else (
         ["torch", "compile", "chunked", "triton"] if device == "cuda" else ["torch", "compile", "auto"])
-    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    load_before = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     ceiling = ceilings(device)
     compiled: dict = {}
     rows = []
@@ -374,7 +375,8 @@ def main() -> None:
             "auto = chunked on CPU. The GPU targets (>= 2x eager, >= 1.2x torch.compile, >= 50% of the memory "
             "floor, >= 35% of bf16 tensor-core peak) need `--device cuda` on an H100: not measured here."]
     results = {"environment": environment(device), "ceilings": ceiling, "load_before": load_before,
-               "load_after": os.getloadavg()[0] if hasattr(os, "getloadavg") else None, "rows": rows, "notes": notes}
+               "load_after": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None, "rows": rows,
+               "notes": notes}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"kernels-{device}.json").write_text(json.dumps(results, indent=2) + "\n")
     (args.out / f"kernels-{device}.md").write_text(markdown(results))
