@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -30,10 +31,11 @@ RESULTS = ROOT / "benchmarks" / "results"
 RARE = 4  # report the IoU of this many rarest classes (by target val pixel share)
 
 
-def schedule() -> tuple[int, int]:
-    from udaseg.config import Config
+def schedule(overrides: list[str] = ()) -> tuple[int, int]:
+    """(warm-up, adaptation) iterations: the defaults of udaseg/config.py with the benchmark's --set overrides."""
+    from udaseg.config import load_config
 
-    t = Config().train
+    t = load_config(None, [o for o in overrides if o.startswith("train.")]).train
     return t.warmup_iters, t.iters
 
 
@@ -44,9 +46,9 @@ def train_run(out: Path, args: list[str]) -> dict:
     return json.loads((out / "final.json").read_text())
 
 
-def run_row(method: str, seed: int, base: Path, extra: list[str]) -> dict:
+def run_row(method: str, seed: int, base: Path, extra: list[str], sched: tuple[int, int]) -> dict:
     """A row's run for one seed. Adaptation rows start from the seed's shared source-only warm-up."""
-    warm_iters, iters = schedule()
+    warm_iters, iters = sched
     common = ["--seed", str(seed), *extra]
     if method == "oracle":  # supervised on the target domain for the whole schedule: the upper bound
         return train_run(base / f"oracle-s{seed}", [*common, "--source", "synthetic_target", "--method", "source_only",
@@ -54,7 +56,8 @@ def run_row(method: str, seed: int, base: Path, extra: list[str]) -> dict:
                                                      "--set", "data.rcs=false"])
     if method.startswith("diga"):  # DiGA brings its own warm-up stage (symmetric distillation)
         return train_run(base / f"{method.replace('+', '-')}-s{seed}", [*common, "--method", method, "--warmup",
-                                                                        "diga"])
+                                                                        "diga", "--warmup-iters", str(warm_iters),
+                                                                        "--iters", str(iters)])
     warm = train_run(base / f"warmup-s{seed}", [*common, "--method", "source_only", "--warmup-iters", "0",
                                                 "--iters", str(warm_iters)])
     result = train_run(base / f"{method.replace('+', '-')}-s{seed}",
@@ -112,6 +115,7 @@ def main() -> None:
     p.add_argument("--rows-only", help="run only these rows and merge them into the existing result file")
     p.add_argument("--out", default="runs/bench", help="run folders")
     p.add_argument("--set", action="append", default=[], help="train config override for every run")
+    p.add_argument("--jobs", type=int, default=1, help="runs side by side (one thread each), e.g. 2 on 2 cores")
     args = p.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     name = torch.cuda.get_device_name(0) if device == "cuda" else f"cpu ({platform.processor() or 'x86_64'})"
@@ -120,32 +124,42 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     methods = (args.rows_only or args.methods).split(",")
     previous = json.loads(path.read_text()) if args.rows_only and path.exists() else {"rows": {}}
-    extra = [x for s in args.set for x in ("--set", s)]
+    sched = schedule(args.set)  # iteration counts go to each run as flags, everything else as --set
+    extra = [x for s in args.set if not s.startswith(("train.iters=", "train.warmup_iters=")) for x in ("--set", s)]
     rare = rare_classes(RARE)
     rows = dict(previous["rows"])
-    for method in methods:
-        runs = []
-        for seed in seeds:
-            result = run_row(method, seed, ROOT / args.out, extra)
-            result["seed"] = seed
-            runs.append(result)
-        rows[method] = aggregate(runs, rare)
-        print(f"{method}: {rows[method]['miou']:.2f} ± {rows[method]['miou_std']:.2f}")
-    order = ["source_only", "self_training"] + sorted(k for k in rows if k not in ("source_only", "self_training",
-                                                                                     "oracle")) + ["oracle"]
-    rows = {k: rows[k] for k in order if k in rows}
-    warm_iters, iters = schedule()
+    if args.jobs > 1:
+        extra += ["--set", "train.threads=1"]  # one core per run: no OpenMP oversubscription between the jobs
+    warm_iters, iters = sched
     meta = {"device": name, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
             "schedule": f"{warm_iters} source-only warm-up iterations (shared by the rows of a seed) + {iters} "
                         "adaptation iterations; oracle: all on target labels" + (f"; overrides {args.set}"
                                                                                   if args.set else ""),
             "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                      cwd=ROOT).stdout.strip()}
+    for method in methods:
+        with ThreadPoolExecutor(args.jobs) as pool:  # the seeds of a row run side by side
+            def one(seed: int, m: str = method) -> dict:
+                return {**run_row(m, seed, ROOT / args.out, extra, sched), "seed": seed}
+
+            runs = list(pool.map(one, seeds))
+        rows[method] = aggregate(runs, rare)
+        print(f"{method}: {rows[method]['miou']:.2f} ± {rows[method]['miou_std']:.2f}")
+        write(path, meta, rare, rows)  # after every row: a stopped benchmark keeps what it measured
+    print(markdown(order_rows(rows), meta, rare))
+
+
+def order_rows(rows: dict[str, dict]) -> dict[str, dict]:
+    first, last = ["source_only", "self_training"], ["oracle"]
+    middle = sorted(k for k in rows if k not in first + last)
+    return {k: rows[k] for k in first + middle + last if k in rows}
+
+
+def write(path: Path, meta: dict, rare: list[str], rows: dict[str, dict]) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
+    rows = order_rows(rows)
     path.write_text(json.dumps({"meta": meta, "rare_classes": rare, "rows": rows}, indent=2))
-    table = markdown(rows, meta, rare)
-    path.with_suffix(".md").write_text(table)
-    print(table)
+    path.with_suffix(".md").write_text(markdown(rows, meta, rare))
 
 
 if __name__ == "__main__":

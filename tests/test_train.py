@@ -19,7 +19,10 @@ def test_end_to_end_run_folder(tmp_path):
     assert 0 <= final["miou"] <= 100 and final["protocol"] == 19 and len(final["per_class"]) == 19
     assert final["before"] is not None and "miou" in final["before"]
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if r["stage"] == "eval"]
+    rows = [r for r in rows if r["stage"] != "eval"]
     assert [r["iter"] for r in rows] == [1, 2, 3, 4, 5]
+    assert [(r["iter"], r["miou"]) for r in evals] == [(2, final["before"]["miou"]), (5, final["miou"])]
     adapt = [r for r in rows if r["stage"] == "adapt"]
     assert all("pseudo_ce" in r and math.isfinite(r["pseudo_ce"]) for r in adapt)
     assert all("pseudo_ce" not in r for r in rows if r["stage"] == "warmup")

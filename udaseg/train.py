@@ -336,7 +336,7 @@ def loop(run: dict, cfg: Config, stages: list[dict], out: Path, start: int, stop
             src_it, tgt_it = streams(cfg, run["data"], begin, stage["end"], dist.rank(), device.type == "cuda",
                                      target=any(m.uses_target_images for m in methods))
             if stage["name"] == "adapt" and not run["history"].get("before_recorded"):
-                record_before(run, cfg, stage)  # no warm-up stage in this run: "before" is the initial model
+                record_before(run, cfg, out, begin)  # no warm-up stage in this run: "before" is the initial model
             for it in range(begin, stage["end"]):
                 src, tgt = next(src_it), next(tgt_it)
                 lr = O.set_lr(run["optimizer"], O.lr_factor(it - stage["start"], stage["end"] - stage["start"],
@@ -400,7 +400,7 @@ def after_step(run: dict, cfg: Config, stage: dict, it: int, out: Path, stages: 
     t, n = cfg.train, it + 1
     end_of_stage = n == stage["end"]
     if stage["name"] == "warmup" and end_of_stage:
-        record_before(run, cfg, stage)
+        record_before(run, cfg, out, n)
     elif stage["name"] == "adapt" and t.eval_every and n % t.eval_every == 0 and not end_of_stage:
         result = eval_teacher(run, cfg, full=False) if dist.is_main() else None
         if result:
@@ -411,7 +411,7 @@ def after_step(run: dict, cfg: Config, stage: dict, it: int, out: Path, stages: 
         save(run, out, n)
 
 
-def record_before(run: dict, cfg: Config, stage: dict) -> None:
+def record_before(run: dict, cfg: Config, out: Path, iteration: int) -> None:
     """Target mIoU and sample predictions of the teacher before adaptation (end of the warm-up).
 
     Rank 0 evaluates; every rank records that it happened (the flag decides a barrier, so all must agree).
@@ -422,6 +422,7 @@ def record_before(run: dict, cfg: Config, stage: dict) -> None:
         run["history"]["before"] = result
         run["history"]["before_samples"] = viz.sample_predictions(run["teacher"], run["data"]["val"],
                                                                   cfg.train.samples, run["device"])
+        append_jsonl(out / "metrics.jsonl", {"iter": iteration, "stage": "eval", "miou": result["miou"]})
         tqdm.write(f"before adaptation: target mIoU {result['miou']:.2f}")
     dist.barrier()
 
@@ -437,6 +438,7 @@ def finish(run: dict, cfg: Config, stages: list[dict], out: Path) -> dict:
     result: dict = {}
     if dist.is_main():
         after = eval_teacher(run, cfg, full=True)
+        append_jsonl(out / "metrics.jsonl", {"iter": stages[-1]["end"], "stage": "eval", "miou": after["miou"]})
         before = run["history"].get("before")
         result = {"miou": after["miou"], "per_class": after["per_class"], "protocol": cfg.data.protocol,
                   "method": cfg.train.method, "iterations": stages[-1]["end"], "before": before,

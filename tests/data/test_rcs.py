@@ -4,11 +4,10 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from data_fixtures import make_gta5, save_png
 
 from udaseg.data import build_dataset
-from udaseg.data.rcs import RareClassSampler, class_stats, rcs_probabilities, stats_path
+from udaseg.data.rcs import class_stats, rcs_probabilities, stats_path
 
 
 @pytest.fixture
@@ -52,42 +51,3 @@ def test_daformer_probabilities():
     expected = np.exp((1 - f) / 0.01) / np.exp((1 - f) / 0.01).sum()
     np.testing.assert_allclose(p[:3], expected, rtol=1e-9)
     assert p[3] == 0.0
-
-
-def test_sampler_distribution_and_determinism():
-    counts = np.zeros((6, 3), dtype=np.int64)
-    counts[:, 0] = 1000  # common class in every image
-    counts[4, 1] = 50  # rarer class in image 4
-    counts[5, 2] = 10  # rarest class in image 5
-    sampler = RareClassSampler(counts, num_samples=4000, temperature=0.5, min_pixels=5, seed=1, with_class=False)
-    draws = np.array(list(sampler))
-    p = sampler.probs
-    assert p[2] > p[1] > p[0]
-    share5 = (draws == 5).mean()
-    share4 = (draws == 4).mean()
-    assert abs(share5 - p[2] - p[0] / 6) < 0.03 and abs(share4 - p[1] - p[0] / 6) < 0.03
-    assert draws.tolist() == list(sampler)  # same seed and epoch: same stream
-    sampler.set_epoch(1)
-    assert draws.tolist() != list(sampler)
-
-
-def test_sampler_ranks_and_min_pixels():
-    counts = np.array([[100, 3], [100, 40], [100, 0]])
-    s0 = RareClassSampler(counts, num_samples=50, temperature=1.0, min_pixels=10, rank=0, world_size=2)
-    s1 = RareClassSampler(counts, num_samples=50, temperature=1.0, min_pixels=10, rank=1, world_size=2)
-    a, b = list(s0), list(s1)
-    assert a != b and len(a) == len(s0) == 50
-    assert all(i == 1 for i, c, _ in a + b if c == 1)  # image 0 has too few pixels of class 1
-    assert s0.min_crop_pixels == 5
-
-
-def test_dataset_accepts_sampler_tuples(gta, tmp_path):
-    ds = build_dataset(f"gta5:{gta.root}", crop_size=8)
-    sampler = RareClassSampler(class_stats(ds, tmp_path), num_samples=8, min_pixels=1)
-    loader = torch.utils.data.DataLoader(ds, sampler=sampler, batch_size=4)
-    batch = next(iter(loader))
-    assert batch["image"].shape == (4, 3, 8, 8) and batch["label"].shape == (4, 8, 8)
-    torch.manual_seed(0)
-    hits = sum(int((ds[(2, 13, 4)]["label"] == 13).sum() >= 4) for _ in range(10))  # image 2, car, >= 4 px
-    misses = sum(int((ds[2]["label"] == 13).sum() >= 4) for _ in range(10))
-    assert hits >= 8 and hits > misses
