@@ -39,8 +39,13 @@ def main(method: str, out: Path) -> None:
     rows_t, rows_k = losses(out / "torch"), losses(out / "triton")
     keys = [k for k in rows_t[0] if k not in ("iter", "stage", "lr", "it_per_s", "img_per_s", "grad_norm")]
     loss_diff = max(abs(a[k] - b[k]) for a, b in zip(rows_t, rows_k) for k in keys)
+    # the first adaptation step sees identical weights and inputs: only float32 rounding may differ there
+    # (loss terms only: plug-in metrics such as "cpsl/relabelled" count discrete decisions, and one flipped
+    #  argmax between two float32 implementations moves them by a pixel's share)
+    losses_only = [k for k in keys if "/" not in k]
+    first = max(abs(rows_t[0][k] - rows_k[0][k]) / max(abs(rows_t[0][k]), 1e-3) for k in losses_only)
     print(json.dumps({"iterations": len(rows_t), "loss_keys": keys, "loss_diff": loss_diff,
-                      "state_diff": max_diff(held["torch"], held["triton"])}))
+                      "first_step_rel_diff": first, "state_diff": max_diff(held["torch"], held["triton"])}))
 
 
 if __name__ == "__main__":

@@ -205,6 +205,7 @@ def test_dida_cpsl_two_process_ddp_state_is_identical_on_both_ranks(tmp_path):
     assert states[0]["methods"]["cpsl"]["queue_filled"] > 0
     assert_states_equal(states[0], states[1])
     rows = [json.loads(r) for r in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if r["stage"] != "eval"]
     assert {"instance", "self_label", "consistency"} <= set(rows[-1])
 
 
@@ -216,4 +217,6 @@ def test_triton_kernels_train_like_torch(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert {"self_label", "consistency"} <= set(result["loss_keys"]) and result["iterations"] == 3
-    assert result["loss_diff"] < 1e-3 and result["state_diff"] < 1e-3, result
+    assert result["first_step_rel_diff"] < 1e-4, result  # same weights and inputs: float32 rounding only
+    # later steps: Adam turns ulp-level gradient differences of near-zero components into lr-sized steps
+    assert result["loss_diff"] < 1e-2 and result["state_diff"] < 2e-2, result

@@ -211,4 +211,6 @@ def test_triton_kernels_train_like_torch(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert "instance" in result["loss_keys"] and result["iterations"] == 3
-    assert result["loss_diff"] < 1e-3 and result["state_diff"] < 1e-3, result
+    assert result["first_step_rel_diff"] < 1e-4, result  # same weights and inputs: float32 rounding only
+    # later steps: Adam turns ulp-level gradient differences of near-zero components into lr-sized steps
+    assert result["loss_diff"] < 1e-2 and result["state_diff"] < 2e-2, result
