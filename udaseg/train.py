@@ -21,7 +21,6 @@ import copy
 import itertools
 import json
 import math
-import resource
 import signal
 import sys
 import time
@@ -35,13 +34,14 @@ from tqdm import tqdm
 
 from udaseg import distributed as dist
 from udaseg import viz
-from udaseg.checkpoint import load_checkpoint, model_weights, save_checkpoint
+from udaseg.checkpoint import save_checkpoint
 from udaseg.config import Config, ConfigError, load_config, save_config, to_dict
 from udaseg.data import build_dataset
 from udaseg.data.labels import IGNORE_INDEX
 from udaseg.engine import data as D
 from udaseg.engine import optim as O
-from udaseg.engine.state import capture_rng, restore_rng
+from udaseg.engine.log import MetricLog, append_jsonl, trim_jsonl
+from udaseg.engine.state import checkpoint_payload, elapsed, init_weights, peak_memory_mb, restore
 from udaseg.evaluate import evaluate, format_table
 from udaseg.methods import Step, build_methods
 from udaseg.methods.base import Method, resolved_options
@@ -162,62 +162,6 @@ def finite_or_report(losses: dict[str, torch.Tensor], iteration: int) -> bool:
 
 
 # ----------------------------------------------------------------------------- state
-def elapsed(run: dict) -> float:
-    """Training wall time, summed over the resumed pieces of a run."""
-    return run["history"].get("wall_time_s", 0.0) + time.perf_counter() - run["t0"]
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def checkpoint_payload(run: dict, iteration: int) -> dict[str, Any]:
-    run["history"]["wall_time_s"] = elapsed(run)
-    run["t0"] = time.perf_counter()
-    return {
-        "model": run["student"].state_dict(),
-        "teacher": run["teacher"].state_dict(),
-        "optimizer": run["optimizer"].state_dict(),
-        "scheduler": {"iteration": iteration},
-        "heads": {k: m.state_dict() for k, m in run["heads"].items()},
-        "methods": {k: m.state_dict() for k, m in run["methods"].items()},
-        "rng": capture_rng(),
-        "iteration": iteration,
-        "config": run["config_dict"],
-        "model_spec": run["model_spec"],
-        "history": run["history"],
-    }
-
-
-def restore(run: dict, path: Path) -> int:
-    payload = load_checkpoint(path)
-    run["student"].load_state_dict(payload["model"])
-    run["teacher"].load_state_dict(payload["teacher"])
-    run["optimizer"].load_state_dict(payload["optimizer"])
-    for k, m in run["heads"].items():
-        m.load_state_dict(payload["heads"][k])
-    for k, m in run["methods"].items():
-        m.load_state_dict(payload["methods"].get(k, {}))
-    restore_rng(payload["rng"])
-    run["history"] = payload.get("history", {})
-    run["t0"] = time.perf_counter()
-    return int(payload["iteration"])
-
-
-def init_weights(run: dict, path: str) -> None:
-    """Start from another run's weights (e.g. a shared warm-up): student and teacher, not the optimizer."""
-    payload = load_checkpoint(path)
-    spec = payload.get("model_spec", {})
-    if spec and (spec.get("name"), spec.get("num_classes")) != (run["model_spec"]["name"],
-                                                               run["model_spec"]["num_classes"]):
-        raise ConfigError(f"train.init={path}: a {spec.get('name')} model with {spec.get('num_classes')} classes, "
-                          f"but this run trains {run['model_spec']['name']} with {run['model_spec']['num_classes']}")
-    run["student"].load_state_dict(model_weights(payload, path, prefer="model"))
-    run["teacher"].load_state_dict(model_weights(payload, path, prefer="teacher"))
-
-
 class StopFlag:
     """SIGINT/SIGTERM finish the current step, write last.pt and return: nothing is lost."""
 
@@ -239,19 +183,6 @@ def eval_teacher(run: dict, cfg: Config, full: bool) -> dict:
         val = torch.utils.data.Subset(val, range(cap))
     return evaluate(run["teacher"], val, protocol=cfg.data.protocol, device=run["device"], progress=False,
                     batch_size=cfg.data.batch_size)
-
-
-def append_jsonl(path: Path, row: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-
-
-def trim_jsonl(path: Path, last_iteration: int) -> None:
-    """On resume, drop metric rows written after the checkpoint, so curves do not double back."""
-    if not path.exists():
-        return
-    rows = [r for r in path.read_text().splitlines() if r and json.loads(r).get("iter", 0) <= last_iteration]
-    path.write_text("".join(r + "\n" for r in rows))
 
 
 # ----------------------------------------------------------------------------- the run
@@ -315,84 +246,90 @@ def amp_context(cfg: Config, device: torch.device):
     return contextlib.nullcontext
 
 
+def optimize(run: dict, cfg: Config, losses: dict[str, torch.Tensor], params: list, it: int) -> float:
+    """Backward, gradient averaging across ranks, clipping, optimizer step; returns the gradient norm.
+
+    A non-finite loss skips the step (weights untouched); ten in a row stop the run.
+    """
+    run["optimizer"].zero_grad(set_to_none=True)
+    if not finite_or_report(losses, it):
+        run["bad_in_a_row"] = run.get("bad_in_a_row", 0) + 1
+        if run["bad_in_a_row"] >= 10:
+            raise NonFiniteLoss(f"10 consecutive non-finite losses up to iteration {it}: lower optim.lr "
+                                f"or check the data; last.pt still holds the weights before them")
+        return math.nan
+    run["bad_in_a_row"] = 0
+    losses["total"].backward()
+    dist.average_gradients(params)
+    gnorm = O.grad_norm_clip(params, cfg.optim.grad_clip)
+    run["optimizer"].step()
+    return gnorm
+
+
+@torch.no_grad()
+def update_state(run: dict, cfg: Config, step: Step, methods: list[Method]) -> None:
+    """After the optimizer: one set of BatchNorm statistics on all ranks, the EMA teacher, the plug-ins' state."""
+    dist.broadcast_module(run["student"], buffers_only=True)  # before the EMA reads them
+    O.ema_update(run["teacher"], run["student"], cfg.train.ema, step.iteration)
+    for m in methods:
+        m.update(step)
+    for m in methods:
+        m.sync_state()
+
+
+def make_step(run: dict, cfg: Config, it: int, src: dict, tgt: dict | None, amp) -> Step:
+    device = run["device"]
+    return Step(iteration=it, source_image=src["image"].to(device, non_blocking=True),
+                source_label=src["label"].to(device, non_blocking=True),
+                target_image=None if tgt is None else tgt["image"].to(device, non_blocking=True),
+                generator=step_generator(cfg.train.seed, it, dist.rank()),
+                student=run["student"], teacher=run["teacher"], amp=amp)
+
+
 def loop(run: dict, cfg: Config, stages: list[dict], out: Path, start: int, stop_after: int | None) -> None:
+    """Both stages from iteration `start`; sets run["done"] unless stopped (signal or `stop_after`)."""
     from udaseg.kernels import use_impl
 
     t, device = cfg.train, run["device"]
     amp = amp_context(cfg, device)
-    total = stages[-1]["end"]
     params = [p for g in run["optimizer"].param_groups for p in g["params"]]
     stop = StopFlag()
     old_handlers = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)} if dist.is_main() else {}
-    bar = tqdm(total=total, initial=start, disable=not dist.is_main(), dynamic_ncols=True, desc="train")
-    window: dict[str, list[float]] = {}
-    bad_in_a_row, t0, steps_done = 0, time.perf_counter(), 0
-    with use_impl(t.kernels):
-        for stage in stages:
-            if start >= stage["end"]:
-                continue
-            begin = max(start, stage["start"])
-            methods = stage["methods"]
-            src_it, tgt_it = streams(cfg, run["data"], begin, stage["end"], dist.rank(), device.type == "cuda",
-                                     target=any(m.uses_target_images for m in methods))
-            if stage["name"] == "adapt" and not run["history"].get("before_recorded"):
-                record_before(run, cfg, out, begin)  # no warm-up stage in this run: "before" is the initial model
-            for it in range(begin, stage["end"]):
-                src, tgt = next(src_it), next(tgt_it)
-                lr = O.set_lr(run["optimizer"], O.lr_factor(it - stage["start"], stage["end"] - stage["start"],
-                                                          cfg.optim.warmup_iters, cfg.optim.poly_power))
-                step = Step(iteration=it, source_image=src["image"].to(device, non_blocking=True),
-                            source_label=src["label"].to(device, non_blocking=True),
-                            target_image=None if tgt is None else tgt["image"].to(device, non_blocking=True),
-                            generator=step_generator(t.seed, it, dist.rank()),
-                            student=run["student"], teacher=run["teacher"], amp=amp)
-                losses = train_step(step, methods)
-                loss = sum(losses.values())
-                losses["total"] = loss
-                run["optimizer"].zero_grad(set_to_none=True)
-                if finite_or_report(losses, it):
-                    bad_in_a_row = 0
-                    loss.backward()
-                    dist.average_gradients(params)
-                    gnorm = O.grad_norm_clip(params, cfg.optim.grad_clip)
-                    run["optimizer"].step()
-                else:
-                    bad_in_a_row += 1
-                    if bad_in_a_row >= 10:
-                        raise NonFiniteLoss(f"10 consecutive non-finite losses up to iteration {it}: lower optim.lr "
-                                            f"or check the data; last.pt still holds the weights before them")
-                    gnorm = math.nan
-                dist.broadcast_module(run["student"], buffers_only=True)  # before the EMA reads them
-                O.ema_update(run["teacher"], run["student"], t.ema, it)
-                with torch.no_grad():
-                    for m in methods:
-                        m.update(step)
-                    for m in methods:
-                        m.sync_state()
-                steps_done += 1
-                for k, v in {**{k: float(v.detach()) for k, v in losses.items()}, **step.metrics}.items():
-                    window.setdefault(k, []).append(v)
-                bar.update(1)
-                if (it + 1) % t.log_every == 0 or it + 1 == stage["end"]:
-                    rate = steps_done / (time.perf_counter() - t0)
-                    row = {k: sum(v) / len(v) for k, v in window.items()}
-                    row.update(iter=it + 1, stage=stage["name"], lr=lr, grad_norm=gnorm, it_per_s=rate,
-                               img_per_s=rate * cfg.data.batch_size * dist.world_size() * (1 + (tgt is not None)))
-                    bar.set_postfix(loss=f"{row['total']:.3f}", it_s=f"{rate:.2f}", refresh=False)
-                    if dist.is_main():
-                        append_jsonl(out / "metrics.jsonl", row)
-                    window = {}
-                after_step(run, cfg, stage, it, out, stages)
-                if stop.set or (stop_after is not None and steps_done >= stop_after):
-                    save(run, out, it + 1)
-                    bar.close()
-                    for s, h in old_handlers.items():
-                        signal.signal(s, h)
-                    return
-    bar.close()
-    for s, h in old_handlers.items():
-        signal.signal(s, h)
-    run["done"] = True
+    bar = tqdm(total=stages[-1]["end"], initial=start, disable=not dist.is_main(), dynamic_ncols=True, desc="train")
+    log = MetricLog(out / "metrics.jsonl", cfg.data.batch_size * dist.world_size())
+    try:
+        with use_impl(t.kernels):
+            for stage in stages:
+                if start >= stage["end"]:
+                    continue
+                begin, methods = max(start, stage["start"]), stage["methods"]
+                src_it, tgt_it = streams(cfg, run["data"], begin, stage["end"], dist.rank(), device.type == "cuda",
+                                         target=any(m.uses_target_images for m in methods))
+                if stage["name"] == "adapt" and not run["history"].get("before_recorded"):
+                    record_before(run, cfg, out, begin)  # no warm-up stage in this run: "before" = initial model
+                for it in range(begin, stage["end"]):
+                    src, tgt = next(src_it), next(tgt_it)
+                    lr = O.set_lr(run["optimizer"], O.lr_factor(it - stage["start"], stage["end"] - stage["start"],
+                                                              cfg.optim.warmup_iters, cfg.optim.poly_power))
+                    step = make_step(run, cfg, it, src, tgt, amp)
+                    losses = train_step(step, methods)
+                    losses["total"] = sum(losses.values())
+                    gnorm = optimize(run, cfg, losses, params, it)
+                    update_state(run, cfg, step, methods)
+                    bar.update(1)
+                    log.add(losses, step.metrics)
+                    if (it + 1) % t.log_every == 0 or it + 1 == stage["end"]:
+                        row = log.flush(it + 1, stage["name"], lr, gnorm, domains=1 + (tgt is not None))
+                        bar.set_postfix(loss=f"{row['total']:.3f}", it_s=f"{row['it_per_s']:.2f}", refresh=False)
+                    after_step(run, cfg, stage, it, out, stages)
+                    if stop.set or (stop_after is not None and log.steps >= stop_after):
+                        save(run, out, it + 1)
+                        return
+        run["done"] = True
+    finally:
+        bar.close()
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
 
 
 def after_step(run: dict, cfg: Config, stage: dict, it: int, out: Path, stages: list[dict]) -> None:
