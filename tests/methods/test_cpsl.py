@@ -209,7 +209,7 @@ def test_dida_cpsl_two_process_ddp_state_is_identical_on_both_ranks(tmp_path):
     assert {"instance", "self_label", "consistency"} <= set(rows[-1])
 
 
-@pytest.mark.skipif(not triton_kernels_present(), reason="triton is not installed (the Triton kernels cannot run, even interpreted)")
+@pytest.mark.skipif(not triton_kernels_present(), reason="triton is not installed: no Triton kernel can run")
 def test_triton_kernels_train_like_torch(tmp_path):
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, str(ROOT / "tests/methods/compare_kernels.py"), "cpsl", str(tmp_path)],

@@ -203,7 +203,7 @@ def test_trains_and_resumes(tmp_path):
 # two-process DDP: tests/methods/test_cpsl.py runs dida+cpsl, which covers both methods' state (one spawn)
 
 
-@pytest.mark.skipif(not triton_kernels_present(), reason="triton is not installed (the Triton kernels cannot run, even interpreted)")
+@pytest.mark.skipif(not triton_kernels_present(), reason="triton is not installed: no Triton kernel can run")
 def test_triton_kernels_train_like_torch(tmp_path):
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, str(ROOT / "tests/methods/compare_kernels.py"), "dida", str(tmp_path)],
