@@ -155,10 +155,13 @@ def step_generator(seed: int, iteration: int, rank: int) -> torch.Generator:
 
 
 def finite_or_report(losses: dict[str, torch.Tensor], iteration: int) -> bool:
-    bad = {k: float(v.detach()) for k, v in losses.items() if not torch.isfinite(v)}
-    if bad:
-        tqdm.write(f"iteration {iteration}: non-finite loss {bad}; step skipped, weights untouched")
-    return not bad
+    """Whether every loss term is finite: one host sync per step (the skip decision needs it), not one per term."""
+    values = torch.stack([v.detach().float() for v in losses.values()])
+    if bool(torch.isfinite(values).all()):
+        return True
+    bad = {k: float(v) for k, v in zip(losses, values.tolist()) if not torch.isfinite(torch.tensor(v))}
+    tqdm.write(f"iteration {iteration}: non-finite loss {bad}; step skipped, weights untouched")
+    return False
 
 
 # ----------------------------------------------------------------------------- state

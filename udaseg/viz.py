@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from udaseg.data.labels import colorize  # noqa: E402
-from udaseg.models import upsample  # noqa: E402
+from udaseg.evaluate import predict  # noqa: E402
 
 SKIP = {"iter", "stage", "lr", "grad_norm", "it_per_s", "img_per_s", "miou"}
 
@@ -54,8 +54,7 @@ def sample_predictions(model, dataset, count: int, device) -> dict:
     preds = []
     for i in range(min(count, len(dataset))):
         image = dataset[i]["image"][None].to(device)  # (1, 3, H, W)
-        logits = upsample(model(image)["logits"].float(), image.shape[-2:])
-        preds.append(logits.argmax(1)[0].to(torch.uint8).cpu())
+        preds.append(predict(model, image).argmax(1)[0].to(torch.uint8).cpu())  # the evaluation's own inference
     return {"indices": list(range(len(preds))), "preds": preds}
 
 

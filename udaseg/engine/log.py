@@ -33,13 +33,14 @@ class MetricLog:
         self.steps, self.t0 = 0, time.perf_counter()
 
     def add(self, losses: dict[str, torch.Tensor], metrics: dict[str, float]) -> None:
+        """Keep the loss tensors (detached, on their device): no host sync until the window is flushed."""
         self.steps += 1
-        for k, v in {**{k: float(v.detach()) for k, v in losses.items()}, **metrics}.items():
+        for k, v in {**{k: v.detach() for k, v in losses.items()}, **metrics}.items():
             self.window.setdefault(k, []).append(v)
 
     def flush(self, iteration: int, stage: str, lr: float, gnorm: float, domains: int) -> dict:
         rate = self.steps / (time.perf_counter() - self.t0)
-        row = {k: sum(v) / len(v) for k, v in self.window.items()}
+        row = {k: float(sum(v)) / len(v) for k, v in self.window.items()}  # one sync per term per window
         row.update(iter=iteration, stage=stage, lr=lr, grad_norm=gnorm, it_per_s=rate,
                    img_per_s=rate * self.images * domains)
         if dist.is_main():
