@@ -40,6 +40,7 @@ def fake_step(b=2, h=3, w=4, scale=2, seed=1) -> Step:
                 target_image=torch.rand(b, 3, H, W), generator=torch.Generator().manual_seed(seed),
                 teacher_target={"probs": probs, "logits": probs.log(),
                                 "features": torch.randn(b, FEAT, h, w, generator=g)},
+                student_source={"features": torch.randn(b, FEAT, h, w, generator=g)},
                 pseudo_label=label, pseudo_weight=torch.ones(b, H, W), pseudo_confidence=probs.amax(1))
 
 
@@ -129,8 +130,10 @@ def test_rectification_is_argmax_of_prototype_weight_times_probability():
         probs.argmax(1)[~ignored], minlength=C).tolist()
 
 
-def test_self_labeling_and_consistency_losses_match_their_formulas():
-    m = make(temperature=0.3, pixels_per_image=100, consistency_pixels=100, queue_size=16)
+@pytest.mark.parametrize("view", ["weak", "strong"])
+def test_self_labeling_and_consistency_losses_match_their_formulas(view):
+    m = make(temperature=0.3, pixels_per_image=100, consistency_pixels=100, queue_size=16, source_weight=0.0,
+             self_label_view=view)
     m.initialized = True
     g = torch.Generator().manual_seed(3)
     m.push(F.normalize(torch.randn(9, D, generator=g), dim=1))
@@ -145,14 +148,45 @@ def test_self_labeling_and_consistency_losses_match_their_formulas():
     strong = F.normalize(m.head.net(step.student_mix["features"]), dim=1).permute(0, 2, 3, 1).reshape(-1, D)
     protos = F.normalize(m.prototypes.weight, dim=1)
     assign = sinkhorn_swav(torch.cat([m.queue[:9], weak]) @ protos.T, m.marginal(), 0.05, 3)[9:]
-    self_label = -(assign * (strong @ protos.T / 0.3).log_softmax(1)).sum(1).mean()
+    scored = weak if view == "weak" else strong
+    self_label = -(assign * (scored @ protos.T / 0.3).log_softmax(1)).sum(1).mean()
     key = F.normalize(m.key_prototypes.module.weight, dim=1)
     t, s = (weak @ key.T / 0.3).softmax(1), (strong @ key.T / 0.3).softmax(1)
     kl = (t * (t.log() - s.log())).sum(1).mean()
     torch.testing.assert_close(out["self_label"], 0.1 * self_label, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(out["consistency"], 5.0 * kl, rtol=1e-4, atol=1e-6)
-    sum(out.values()).backward()
-    assert m.prototypes.weight.grad.abs().sum() > 0 and m.head.net[0].weight.grad.abs().sum() > 0
+    out["self_label"].backward(retain_graph=True)
+    assert m.prototypes.weight.grad.abs().sum() > 0
+    head_grad = m.head.net[0].weight.grad
+    if view == "weak":  # the official loss: EMA features, only the prototypes learn from it
+        assert head_grad is None or head_grad.abs().sum() == 0
+    else:  # swapped prediction: the student's strong view learns too
+        assert head_grad.abs().sum() > 0
+    out["consistency"].backward()
+    assert m.head.net[0].weight.grad.abs().sum() > 0
+
+
+def test_source_prototype_loss_is_ce_of_class_max_cosine_on_labelled_pixels():
+    m = make(temperature=0.2, prototypes_per_class=2, source_pixels_per_class=1000)
+    m.initialized = True
+    g = torch.Generator().manual_seed(5)
+    step = fake_step()
+    m.pseudo_labels(step)
+    step.student_mix = {"features": torch.randn(2, FEAT, 3, 4, generator=g)}
+    feats = torch.randn(2, FEAT, 3, 4, generator=g, requires_grad=True)
+    step.student_source = {"features": feats}
+    lab = torch.randint(0, C, (2, 3, 4), generator=g)  # one label per feature pixel (a 2x2 image patch)
+    lab[:, 0] = IGNORE_INDEX  # the first row of feature pixels is ignored
+    step.source_label = lab.repeat_interleave(2, 1).repeat_interleave(2, 2)
+    out = m.losses(step)
+    lab = lab.reshape(-1)
+    emb = F.normalize(m.head.net(feats), dim=1).permute(0, 2, 3, 1).reshape(-1, D)
+    protos = F.normalize(m.prototypes.weight, dim=1)
+    logits = (emb @ protos.T).view(-1, C, 2).amax(2) / 0.2
+    expected = F.cross_entropy(logits, lab, ignore_index=IGNORE_INDEX)  # every labelled pixel (per class < 1000)
+    torch.testing.assert_close(out["proto_source"], expected, rtol=1e-5, atol=1e-6)
+    out["proto_source"].backward()
+    assert feats.grad.abs().sum() > 0 and m.prototypes.weight.grad.abs().sum() > 0
 
 
 def test_only_target_pixels_of_the_mix_are_used():

@@ -45,7 +45,13 @@ from udaseg import distributed as dist
 from udaseg.data.labels import IGNORE_INDEX
 from udaseg.kernels import class_feature_sums, fuse_pseudo_labels, sinkhorn
 from udaseg.methods.base import Method, Step, register_method
-from udaseg.methods.common import ProjectionHead, flatten_pixels, labels_to_features, sample_pixels
+from udaseg.methods.common import (
+    ProjectionHead,
+    class_balanced_sample,
+    flatten_pixels,
+    labels_to_features,
+    sample_pixels,
+)
 from udaseg.methods.momentum import MomentumCopy, target_region
 from udaseg.models import upsample
 
@@ -60,8 +66,12 @@ class CPSLOptions:
     pixels_per_image: int = 256  # weak embeddings per image clustered each step and pushed to the queue (official fbs)
     queue_size: int = 65536  # feature queue length (official)
     self_label_weight: float = 0.1  # weight of the self-labeling loss (official SL_lambda)
+    self_label_view: str = "weak"  # view scored against the prototypes in that loss: weak (official: the EMA
+    #                                features, so it trains the prototypes only) or strong (SwAV's swapped prediction)
     consistency_weight: float = 5.0  # weight of the weak/strong assignment consistency (official KL_consist)
     consistency_pixels: int = 4096  # target pixels per step in the consistency loss (official: every pixel)
+    source_weight: float = 1.0  # weight of the prototype CE on labelled source pixels (ours, see the docstring)
+    source_pixels_per_class: int = 64  # source pixels per class and step in that loss
     rectify: bool = True  # rectify the pseudo-labels by prototype similarity
     prior_momentum: float = 0.99  # EMA of the pseudo-label class distribution (official: a fixed file; ours)
     prior_floor: float = 1e-4  # smallest marginal of a class, so that Sinkhorn's marginal stays > 0 (ours)
@@ -89,6 +99,8 @@ class CPSL(Method):
                  device: str = "cpu"):
         super().__init__(options or CPSLOptions(), num_classes, feature_dim, device)
         o = self.options
+        if o.self_label_view not in ("weak", "strong"):
+            raise ValueError(f"methods.cpsl.self_label_view: {o.self_label_view!r} is not one of weak, strong")
         self.head = ProjectionHead(feature_dim, o.embed_dim).to(self.device)
         self.prototypes = Prototypes(num_classes * o.prototypes_per_class, o.embed_dim).to(self.device)
         self.key_head = MomentumCopy(self.head)
@@ -151,6 +163,21 @@ class CPSL(Method):
             step.extras["class_probs"] = rect
         step.extras["cpsl"] = {"weak": weak, "size": (h, w), "counts": counts}
 
+    def class_logits(self, emb: Tensor, protos: Tensor) -> Tensor:
+        """(N, C): max over each class's prototypes of cos(emb, P) / tau."""
+        cos = emb @ protos.T  # (N, K)
+        return cos.view(emb.shape[0], self.num_classes, -1).amax(dim=2) / self.options.temperature
+
+    def source_loss(self, step: Step, protos: Tensor) -> Tensor:
+        """CE(softmax_c(max_k cos(f_src, P_k) / tau), y_src) on class-balanced labelled source pixels."""
+        o = self.options
+        emb_map = self.head(step.student_source["features"])  # (B, D, h, w), differentiable
+        labels = labels_to_features(step.source_label, emb_map.shape[-2:], self.num_classes).reshape(-1)
+        idx = class_balanced_sample(labels, o.source_pixels_per_class, self.num_classes, step.generator)
+        if idx.numel() == 0:
+            return emb_map.sum() * 0.0 + protos.sum() * 0.0
+        return F.cross_entropy(self.class_logits(flatten_pixels(emb_map)[idx], protos), labels[idx])
+
     def losses(self, step: Step) -> dict[str, Tensor]:
         if not step.student_mix or "cpsl" not in step.extras:
             return {}
@@ -158,18 +185,23 @@ class CPSL(Method):
         region = target_region(step, ex["size"])  # (B, h, w)
         strong = flatten_pixels(self.head(step.student_mix["features"]))  # (N, D), differentiable
         protos = self.prototypes()  # (K, D), differentiable
+        out = {}
+        if o.source_weight > 0:
+            out["proto_source"] = o.source_weight * self.source_loss(step, protos)
         idx = sample_pixels(region, region.shape[0] * o.pixels_per_image, step.generator)
         weak = ex["weak"][idx]  # (n, D)
         ex["sampled"] = weak  # pushed to the queue in update()
         assign = self.assignments(weak, protos.detach())  # (n, K)
-        log_p = (strong[idx] @ protos.T / o.temperature).log_softmax(dim=1)  # (n, K)
+        scored = weak if o.self_label_view == "weak" else strong[idx]  # (n, D)
+        log_p = (scored @ protos.T / o.temperature).log_softmax(dim=1)  # (n, K)
         self_label = -(assign * log_p).sum(dim=1).mean() if idx.numel() else protos.sum() * 0.0
         idx = sample_pixels(region, o.consistency_pixels, step.generator)
         key_protos = self.key_prototypes.module()  # (K, D)
         target = (ex["weak"][idx] @ key_protos.T / o.temperature).softmax(dim=1)  # (n, K)
         log_q = (strong[idx] @ key_protos.T / o.temperature).log_softmax(dim=1)
         consistency = F.kl_div(log_q, target, reduction="batchmean") if idx.numel() else strong.sum() * 0.0
-        return {"self_label": o.self_label_weight * self_label, "consistency": o.consistency_weight * consistency}
+        return {**out, "self_label": o.self_label_weight * self_label,
+                "consistency": o.consistency_weight * consistency}
 
     @torch.no_grad()
     def assignments(self, weak: Tensor, protos: Tensor) -> Tensor:
