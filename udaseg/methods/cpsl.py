@@ -11,7 +11,8 @@ On top of the common loop:
 - Online clustering: `pixels_per_image` weak embeddings per image plus a queue of past ones are scored by cosine
   against the prototypes and assigned by Sinkhorn-Knopp (`sinkhorn`, eps = 0.05, 3 iterations). Distribution
   alignment: the prototype marginal is the class distribution of the pseudo-labels, an EMA over steps.
-- Self-labeling loss: CE(Sinkhorn assignment of the weak view, softmax(cos(strong, prototypes) / tau)).
+- Self-labeling loss: CE(Sinkhorn assignment of the weak view, softmax(cos(weak, prototypes) / tau)).
+- Source anchor (ours, below): CE of the class-max prototype cosines on labelled source pixels.
 - Assignment consistency: KL(softmax(cos(weak, P_ema)/tau) || softmax(cos(strong, P_ema)/tau)).
 - Label rectification: y = argmax_c w_c p_c, w = softmax(cos(weak, P_ema) / tau) (classes: the best prototype of
   each), p the class probabilities behind the pseudo-labels; the rectified labels feed the loop's CE.
@@ -21,11 +22,17 @@ What the official code (lslrh/CPSL) does differently (shared/research/dida_cpsl.
   class histogram of the pseudo-labels this plug-in receives), as the paper describes.
 - Queue rows are re-scored there against un-normalised prototypes (not cosine) and the queue is shifted with a
   64 MB clone per image; here every score is a cosine and the queue is a ring buffer.
-- The self-labeling loss there uses EMA features under no_grad, so it trains only the prototypes; the features
-  there are the segmentation head's own bottleneck, anchored by the segmentation loss. Our embedding is a
-  separate projection head, so the Sinkhorn assignment of the weak view labels the *strong* view (SwAV's swapped
-  prediction): the gradient reaches both the prototypes and the student, and the balanced assignment keeps the
-  head from collapsing. The second copy of the loss computed from EMA logits is left out.
+- The features there are the segmentation head's own bottleneck, kept class-discriminative by the segmentation
+  loss. Ours are a separate projection head that no other loss trains, so we anchor it the same way: a prototype
+  CE on class-balanced labelled source pixels, CE(softmax_c(max_{k of c} cos(f_src, P_k) / tau), y_src)
+  (`source_weight`). Without it the self-labeling and consistency losses let the head and the prototypes drift
+  from the classes and rectification relabels with them: on the synthetic benchmark (seed 0, 600 iterations from
+  the shared warm-up) CPSL with swapped-prediction self-labeling scored 36.4 without the anchor and 41.8 with it;
+  self-training alone 41.5. Rectification alone (no CPSL losses, no anchor) scored 41.7.
+- The self-labeling loss scores the weak (EMA) embeddings, under no_grad as there, so it trains the prototypes
+  only (`self_label_view = "weak"`); "strong" makes it SwAV's swapped prediction, which trains the student's
+  embedding too (with the anchor, seed 0: 41.8 strong vs 42.0 weak, within seed noise; the default is the
+  official one). The second copy of the loss computed from EMA logits is left out.
 - Rectification there multiplies prototype weights with an offline soft pseudo-label file of the warm-up model
   (`--path_soft`); here p is the online teacher's probabilities (or what earlier plug-ins fused, e.g. DIDA's P').
 - The warm-up there is an adversarial AdaptSegNet stage, and two distillation stages follow; those are not part
