@@ -254,3 +254,8 @@ def test_triton_kernels_train_like_torch(tmp_path):
     assert result["first_step_rel_diff"] < 1e-4, result  # same weights and inputs: float32 rounding only
     # later steps: Adam turns ulp-level gradient differences of near-zero components into lr-sized steps
     assert result["loss_diff"] < 1e-2 and result["state_diff"] < 2e-2, result
+
+
+def test_unknown_self_label_view_is_rejected():
+    with pytest.raises(ValueError, match="self_label_view"):
+        make(self_label_view="teacher")

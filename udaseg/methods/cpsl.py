@@ -27,8 +27,9 @@ What the official code (lslrh/CPSL) does differently (shared/research/dida_cpsl.
   CE on class-balanced labelled source pixels, CE(softmax_c(max_{k of c} cos(f_src, P_k) / tau), y_src)
   (`source_weight`). Without it the self-labeling and consistency losses let the head and the prototypes drift
   from the classes and rectification relabels with them: on the synthetic benchmark (seed 0, 600 iterations from
-  the shared warm-up) CPSL with swapped-prediction self-labeling scored 36.4 without the anchor and 41.8 with it;
-  self-training alone 41.5. Rectification alone (no CPSL losses, no anchor) scored 41.7.
+  the shared warm-up, benchmarks/results/cpsl-ablation-cpu.md) CPSL with swapped-prediction self-labeling scored
+  36.4 without the anchor and 41.8 with it; self-training alone 41.5. Rectification alone (no CPSL losses, no
+  anchor) scored 41.7.
 - The self-labeling loss scores the weak (EMA) embeddings, under no_grad as there, so it trains the prototypes
   only (`self_label_view = "weak"`); "strong" makes it SwAV's swapped prediction, which trains the student's
   embedding too (with the anchor, seed 0: 41.8 strong vs 42.0 weak, within seed noise; the default is the
@@ -126,11 +127,14 @@ class CPSL(Method):
         p = (p / p.sum()).repeat_interleave(self.options.prototypes_per_class) / self.options.prototypes_per_class
         return p.float()
 
+    def class_logits(self, emb: Tensor, protos: Tensor) -> Tensor:
+        """(N, C): max over each class's prototypes of cos(emb, P) / tau."""
+        cos = emb @ protos.T  # (N, K)
+        return cos.view(emb.shape[0], self.num_classes, -1).amax(dim=2) / self.options.temperature
+
     def class_weights(self, emb: Tensor) -> Tensor:
         """w (N, C) = softmax_c(max_{k of c} cos(emb, P_ema[k]) / tau)."""
-        cos = emb @ self.key_prototypes.module().T  # (N, K)
-        per_class = cos.view(emb.shape[0], self.num_classes, -1).amax(dim=2)  # (N, C)
-        return (per_class / self.options.temperature).softmax(dim=1)
+        return self.class_logits(emb, self.key_prototypes.module()).softmax(dim=1)
 
     @torch.no_grad()
     def init_prototypes(self, weak: Tensor, labels: Tensor, generator) -> None:
@@ -170,11 +174,6 @@ class CPSL(Method):
             step.extras["class_probs"] = rect
         step.extras["cpsl"] = {"weak": weak, "size": (h, w), "counts": counts}
 
-    def class_logits(self, emb: Tensor, protos: Tensor) -> Tensor:
-        """(N, C): max over each class's prototypes of cos(emb, P) / tau."""
-        cos = emb @ protos.T  # (N, K)
-        return cos.view(emb.shape[0], self.num_classes, -1).amax(dim=2) / self.options.temperature
-
     def source_loss(self, step: Step, protos: Tensor) -> Tensor:
         """CE(softmax_c(max_k cos(f_src, P_k) / tau), y_src) on class-balanced labelled source pixels."""
         o = self.options
@@ -192,9 +191,7 @@ class CPSL(Method):
         region = target_region(step, ex["size"])  # (B, h, w)
         strong = flatten_pixels(self.head(step.student_mix["features"]))  # (N, D), differentiable
         protos = self.prototypes()  # (K, D), differentiable
-        out = {}
-        if o.source_weight > 0:
-            out["proto_source"] = o.source_weight * self.source_loss(step, protos)
+        out = {"proto_source": o.source_weight * self.source_loss(step, protos)} if o.source_weight > 0 else {}
         idx = sample_pixels(region, region.shape[0] * o.pixels_per_image, step.generator)
         weak = ex["weak"][idx]  # (n, D)
         ex["sampled"] = weak  # pushed to the queue in update()
