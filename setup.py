@@ -1,7 +1,7 @@
 """Builds the optional C++ extension ``udaseg._runtime``; all metadata lives in pyproject.toml.
 
-The extension binds the C++ runtime's pre/post-processing (export/runtime, the library a perception stack links);
-tests use it to check that C++ and Python give the same bits. It is optional: without pybind11 or a C++ compiler,
+The extension binds the C++ runtime's pre/post-processing, engine-metadata reader and tensor-type table
+(export/runtime, the library a perception stack links); tests use it to check that C++ and Python agree. It is optional: without pybind11 or a C++ compiler,
 or if the build fails, udaseg still installs and imports, and a warning says what was skipped.
 For development: ``python setup.py build_ext --inplace`` (or ``pip install -e .``).
 """
@@ -23,7 +23,8 @@ def _extensions() -> list:
         return []
     # No fused multiply-add: the C++ results stay bit-identical to numpy (see prepost.hpp).
     flags = [] if sys.platform == "win32" else ["-ffp-contract=off"]
-    sources = [f"{RUNTIME}/src/prepost.cpp", f"{RUNTIME}/src/image_io.cpp", f"{RUNTIME}/bindings.cpp"]
+    names = ["prepost", "image_io", "tensor_types", "engine_meta", "json"]  # the library without the TensorRT runner
+    sources = [f"{RUNTIME}/src/{name}.cpp" for name in names] + [f"{RUNTIME}/bindings.cpp"]
     return [
         Pybind11Extension(
             "udaseg._runtime", sources, include_dirs=[f"{RUNTIME}/include"], cxx_std=17, extra_compile_args=flags

@@ -3,12 +3,21 @@
     python benchmarks/bench_synthetic.py                                  # source_only, self_training, oracle
     python benchmarks/bench_synthetic.py --methods self_training,dida --seeds 0,1
     python benchmarks/bench_synthetic.py --rows-only dida                 # add rows to the committed results
+    python benchmarks/bench_synthetic.py --rows-only mic,dida+mic --set train.warmup_iters=600 \
+        --set train.iters=600 --set train.eval_every=0                    # MIC's rows, the committed schedule
 
 Each run is a fresh `python -m udaseg.train` process (so peak memory is that run's own). Per seed, one source-only
 warm-up of `train.warmup_iters` iterations is shared: every row then trains `train.iters` iterations from it
 (`source_only` keeps training on source, so all rows see the same number of iterations); DiGA runs its own
 distillation warm-up. `oracle` trains on target labels for the whole schedule (the upper bound).
 Gap closure = (method - source_only) / (oracle - source_only). Finished runs are reused when re-run.
+
+Checkpoint selection without labels (docs/trust.md): adaptation runs evaluate every `--select-every` iterations
+(labelled mIoU and the label-free scores, metrics.jsonl "select" rows; the start of adaptation is one of the points).
+Per row: the target mIoU of the checkpoint the default criterion (monitor.criterion) selects, of the best checkpoint
+by labelled mIoU, of the last one, and the largest best - selected gap over the seeds. A row `METHOD@4x` runs the
+method on a 4x schedule (warm-up and adaptation both 4x, its own shared warm-up): does the gain grow, hold or fade?
+    python benchmarks/bench_synthetic.py --rows-only source_only@4x,self_training@4x,dida+cpsl@4x,oracle@4x
 Results: benchmarks/results/synthetic-<device>.json and .md (the README's table comes from the .md).
 """
 
@@ -43,13 +52,47 @@ def train_run(out: Path, args: list[str]) -> dict:
     """One `python -m udaseg.train` process (its own peak memory); returns its final.json."""
     if not (out / "final.json").exists():  # finished runs are reused: the benchmark can be stopped and restarted
         subprocess.run([sys.executable, "-m", "udaseg.train", "--out", str(out), *args], check=True, cwd=ROOT)
-    return json.loads((out / "final.json").read_text())
+    return {**json.loads((out / "final.json").read_text()), "selection": selection(out)}
 
 
-def run_row(method: str, seed: int, base: Path, extra: list[str], sched: tuple[int, int]) -> dict:
-    """A row's run for one seed. Adaptation rows start from the seed's shared source-only warm-up."""
+CRITERIA = ("agreement", "im", "snd", "entropy")  # udaseg.engine.selection.CRITERIA
+
+
+def selection(run: Path) -> dict | None:
+    """Target mIoU of the checkpoint each label-free criterion picks, of the best and of the last checkpoint.
+
+    From the run's metrics.jsonl "select" rows that carry a labelled mIoU; None for a run without them (a warm-up,
+    the oracle, a run with train.eval_every=0 or from before the selection columns).
+    """
+    path = run / "metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    points = [r for r in rows if r.get("stage") == "select" and r.get("miou") is not None]
+    if len(points) < 2:
+        return None
+    picked = {c: max(points, key=lambda r: r[c])["miou"] for c in CRITERIA if all(c in r for r in points)}
+    criterion = points[-1].get("criterion", "agreement")
+    return {"criterion": criterion, "selected": picked[criterion], "by_criterion": picked,
+            "best": max(r["miou"] for r in points), "last": points[-1]["miou"], "first": points[0]["miou"],
+            "points": [r["iter"] for r in points]}
+
+
+def row_schedule(row: str, sched: tuple[int, int], base: Path) -> tuple[str, tuple[int, int], Path]:
+    """'dida@4x' -> ('dida', 4x the schedule, base/x4): a long-schedule row, with its own run folders."""
+    method, _, mult = row.partition("@")
+    if not mult:
+        return method, sched, base
+    factor = int(mult.rstrip("x"))
+    return method, (sched[0] * factor, sched[1] * factor), base / f"x{factor}"
+
+
+def run_row(method: str, seed: int, base: Path, extra: list[str], sched: tuple[int, int],
+            select_every: int = 0) -> dict:
+    """A row's run for one seed. Adaptation rows start from the seed's shared source-only warm-up and evaluate every
+    `select_every` iterations (labelled mIoU beside the label-free scores: the selection columns)."""
+    method, sched, base = row_schedule(method, sched, base)
     warm_iters, iters = sched
     common = ["--seed", str(seed), *extra]
+    adapt_extra = ["--set", f"train.eval_every={select_every}"] if select_every and method != "source_only" else []
     if method == "oracle":  # supervised on the target domain for the whole schedule: the upper bound
         return train_run(base / f"oracle-s{seed}", [*common, "--source", "synthetic_target", "--method", "source_only",
                                                      "--warmup-iters", "0", "--iters", str(warm_iters + iters),
@@ -57,12 +100,12 @@ def run_row(method: str, seed: int, base: Path, extra: list[str], sched: tuple[i
     if method.startswith("diga"):  # DiGA brings its own warm-up stage (symmetric distillation)
         return train_run(base / f"{method.replace('+', '-')}-s{seed}", [*common, "--method", method, "--warmup",
                                                                         "diga", "--warmup-iters", str(warm_iters),
-                                                                        "--iters", str(iters)])
+                                                                        "--iters", str(iters), *adapt_extra])
     warm = train_run(base / f"warmup-s{seed}", [*common, "--method", "source_only", "--warmup-iters", "0",
                                                 "--iters", str(warm_iters)])
     result = train_run(base / f"{method.replace('+', '-')}-s{seed}",
                        [*common, "--method", method, "--warmup-iters", "0", "--iters", str(iters),
-                        "--set", f"train.init={base / f'warmup-s{seed}' / 'final.pt'}"])
+                        "--set", f"train.init={base / f'warmup-s{seed}' / 'final.pt'}", *adapt_extra])
     result["wall_time_s"] += warm["wall_time_s"]  # the warm-up is part of every row's cost
     return result
 
@@ -90,21 +133,57 @@ def aggregate(runs: list[dict], rare: list[str]) -> dict:
         "rare_iou": {c: statistics.mean(r["per_class"][c] for r in runs) for c in rare},
         "wall_time_s": statistics.mean(r["wall_time_s"] for r in runs),
         "peak_memory_mb": max(r.get("peak_memory_mb", float("nan")) for r in runs),
+        "selection": aggregate_selection([r.get("selection") for r in runs]),
     }
 
 
+def aggregate_selection(per_seed: list[dict | None]) -> dict | None:
+    """Seed means of the selected / best / last checkpoints' mIoU and the worst best - selected gap (None if a seed
+    has no selection data)."""
+    if not per_seed or any(s is None for s in per_seed):
+        return None
+    mean = {k: statistics.mean(s[k] for s in per_seed) for k in ("selected", "best", "last", "first")}
+    criteria = set.intersection(*(set(s["by_criterion"]) for s in per_seed))
+    return {**mean, "criterion": per_seed[0]["criterion"],
+            "max_gap": max(s["best"] - s["selected"] for s in per_seed),
+            "by_criterion": {c: statistics.mean(s["by_criterion"][c] for s in per_seed) for c in sorted(criteria)},
+            "max_gap_by_criterion": {c: max(s["best"] - s["by_criterion"][c] for s in per_seed)
+                                     for c in sorted(criteria)}}
+
+
 def markdown(rows: dict[str, dict], meta: dict, rare: list[str]) -> str:
-    so, oracle = rows.get("source_only"), rows.get("oracle")
     head = "| method | target mIoU | ± std | seeds | gap closure | " + " | ".join(rare) + " | wall (s) | peak MB |"
     lines = [f"Synthetic benchmark, {meta['device']}, schedule: {meta['schedule']}", "", head,
              "|" + "---|" * (7 + len(rare))]
     for name, r in rows.items():
         gap = "—"
-        if so and oracle and name not in ("source_only", "oracle") and oracle["miou"] > so["miou"]:
+        suffix = name[name.index("@"):] if "@" in name else ""  # a long-schedule row: its own baseline and bound
+        so, oracle = rows.get("source_only" + suffix), rows.get("oracle" + suffix)
+        if so and oracle and name.split("@")[0] not in ("source_only", "oracle") and oracle["miou"] > so["miou"]:
             gap = f"{100 * (r['miou'] - so['miou']) / (oracle['miou'] - so['miou']):.0f} %"
         rare_cells = " | ".join(f"{r['rare_iou'].get(c, float('nan')):.1f}" for c in rare)
         lines.append(f"| {name} | {r['miou']:.2f} | {r['miou_std']:.2f} | {len(r['seeds'])} | {gap} | {rare_cells} "
                      f"| {r['wall_time_s']:.0f} | {r['peak_memory_mb']:.0f} |")
+    return "\n".join(lines) + "\n" + selection_markdown(rows)
+
+
+def selection_markdown(rows: dict[str, dict]) -> str:
+    """The checkpoint-selection table: target mIoU of the checkpoint picked without labels vs the best and last."""
+    picked = {k: r["selection"] for k, r in rows.items() if r.get("selection")}
+    if not picked:
+        return ""
+    criterion = next(iter(picked.values()))["criterion"]
+    others = [c for c in CRITERIA if c != criterion]
+    lines = ["", f"Checkpoint selection without target labels (default criterion: {criterion}; mean over seeds; "
+             "max gap = worst seed's best - selected)", "",
+             f"| method | start | selected ({criterion}) | best checkpoint | last | max gap | "
+             + " | ".join(f"selected ({c}), max gap" for c in others) + " |",
+             "|" + "---|" * (6 + len(others))]
+    for name, sel in picked.items():
+        cells = " | ".join(f"{sel['by_criterion'].get(c, float('nan')):.2f}, "
+                           f"{sel['max_gap_by_criterion'].get(c, float('nan')):.2f}" for c in others)
+        lines.append(f"| {name} | {sel['first']:.2f} | {sel['selected']:.2f} | {sel['best']:.2f} | {sel['last']:.2f} "
+                     f"| {sel['max_gap']:.2f} | {cells} |")
     return "\n".join(lines) + "\n"
 
 
@@ -116,6 +195,8 @@ def main() -> None:
     p.add_argument("--out", default="runs/bench", help="run folders")
     p.add_argument("--set", action="append", default=[], help="train config override for every run")
     p.add_argument("--jobs", type=int, default=1, help="runs side by side (one thread each), e.g. 2 on 2 cores")
+    p.add_argument("--select-every", type=int, default=100,
+                   help="evaluate adaptation runs every N iterations for the selection columns (0: no columns)")
     args = p.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     name = torch.cuda.get_device_name(0) if device == "cuda" else f"cpu ({platform.processor() or 'x86_64'})"
@@ -140,7 +221,7 @@ def main() -> None:
     for method in methods:
         with ThreadPoolExecutor(args.jobs) as pool:  # the seeds of a row run side by side
             def one(seed: int, m: str = method) -> dict:
-                return {**run_row(m, seed, ROOT / args.out, extra, sched), "seed": seed}
+                return {**run_row(m, seed, ROOT / args.out, extra, sched, args.select_every), "seed": seed}
 
             runs = list(pool.map(one, seeds))
         rows[method] = aggregate(runs, rare)
@@ -150,9 +231,14 @@ def main() -> None:
 
 
 def order_rows(rows: dict[str, dict]) -> dict[str, dict]:
-    first, last = ["source_only", "self_training"], ["oracle"]
-    middle = sorted(k for k in rows if k not in first + last)
-    return {k: rows[k] for k in first + middle + last if k in rows}
+    """source_only, self_training, the rest by name, oracle; then the same for each long schedule (METHOD@4x)."""
+    ordered: dict[str, dict] = {}
+    for suffix in sorted({k[k.index("@"):] if "@" in k else "" for k in rows}, key=lambda x: (x != "", x)):
+        first, last = [f"source_only{suffix}", f"self_training{suffix}"], [f"oracle{suffix}"]
+        group = [k for k in rows if (k[k.index("@"):] if "@" in k else "") == suffix]
+        middle = sorted(k for k in group if k not in first + last)
+        ordered.update({k: rows[k] for k in first + middle + last if k in rows})
+    return ordered
 
 
 def write(path: Path, meta: dict, rare: list[str], rows: dict[str, dict]) -> None:

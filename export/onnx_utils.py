@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from udaseg.fileio import UserError, atomic_write
+
 log = logging.getLogger("udaseg.export")
 
 METADATA_KEY = "udaseg"
@@ -28,8 +30,28 @@ def setup_logging(verbose: bool = False) -> None:
     logging.getLogger("udaseg").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
-class ExportError(ValueError):
-    """An export input or artefact that does not match what a stage expects; the message says what and how."""
+class ExportError(UserError, ValueError):
+    """An export input or artefact that does not match what a stage expects; the message says what and how.
+
+    A UserError: the command line tools (udaseg.cli.run_cli) print its message alone and exit with code 2.
+    """
+
+
+def save_onnx(model, path: str | os.PathLike) -> Path:
+    """Write ``model`` to ``path`` atomically (udaseg.fileio.atomic_write): the file is whole or absent.
+
+    Models over protobuf's 2 GB limit cannot be one file: they are saved with external data beside ``path``
+    (``<name>.data``), which ``onnx.save`` writes in place.
+    """
+    import onnx
+
+    path = Path(path)
+    if model.ByteSize() >= 2**31 - 1:
+        onnx.save(model, str(path), save_as_external_data=True, location=f"{path.name}.data")
+        return path
+    with atomic_write(path) as f:
+        f.write(model.SerializeToString())
+    return path
 
 
 def load_onnx(path: str | os.PathLike, check: bool = True, load_external_data: bool = True):

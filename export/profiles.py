@@ -98,3 +98,87 @@ def check_in_profile(shape: Shape, profile: Profile) -> None:
             f"(min {list(profile.min)}, max {list(profile.max)}): {'; '.join(bad)}. Resize the input or rebuild the "
             "engine with export/to_trt.py --min/--max covering it"
         )
+
+
+# ----------------------------------------------------------------------------- what a C++ program needs to know
+RUNTIME_SCHEMA = 1  # version of the runtime block; export/runtime/src/engine_meta.cpp reads this one
+
+
+def class_info(num_classes: int, meta: dict) -> dict:
+    """Class names, palette and evaluation protocol of a model with ``num_classes`` outputs.
+
+    19 classes are the Cityscapes train ids (udaseg.data.labels); other counts get ``class_<i>`` names and the
+    first colours of the same palette (black beyond it), unless ``meta`` (the ONNX metadata) names them.
+    """
+    from udaseg.data.labels import CLASS_NAMES, IGNORE_INDEX, PROTOCOLS, palette_array
+
+    cityscapes = num_classes == len(CLASS_NAMES)
+    names = meta.get("class_names") or (list(CLASS_NAMES) if cityscapes else [f"class_{i}" for i in range(num_classes)])
+    palette = meta.get("palette") or palette_array(num_classes)[:num_classes].tolist()
+    protocol = int(meta.get("protocol") or (19 if cityscapes else 0))
+    class_ids = list(PROTOCOLS[protocol]) if cityscapes and protocol in PROTOCOLS else list(range(num_classes))
+    if len(names) != num_classes or len(palette) != num_classes:
+        raise ExportError(f"metadata names {len(names)} classes and {len(palette)} colours for {num_classes} classes")
+    return {
+        "num_classes": num_classes,
+        "class_names": list(names),
+        "palette": [[int(c) for c in rgb] for rgb in palette],
+        "ignore_index": IGNORE_INDEX,
+        "protocol": {"classes": protocol or num_classes, "class_ids": class_ids},
+    }
+
+
+def _output_entry(t: dict) -> dict:
+    kind = {"labels": "labels", "logits": "logits"}.get(t["name"], "other")
+    layout = {"labels": "NHW", "logits": "NCHW"}.get(kind, "")
+    return {"name": t["name"], "kind": kind, "dtype": t["dtype"], "layout": layout, "shape": _dims(t["shape"])}
+
+
+def _dims(shape: list) -> list[int]:
+    return [d if isinstance(d, int) else -1 for d in shape]  # -1: dynamic
+
+
+def runtime_spec(io: list[dict], meta: dict, profile: Profile | None = None, precision: str | None = None) -> dict:
+    """The ``runtime`` block of ONNX metadata and ``<engine>.json``: everything needed to run the graph from C++.
+
+    ``io``: onnx_utils.describe_io of the graph; ``meta``: its udaseg metadata (class count, export settings,
+    ``graph_normalize``); ``profile``: the engine's input profile, when there is one.
+
+        input:   name, layout (NCHW), dtype, channels (RGB), shape (-1 = dynamic), host_preprocess (resize and,
+                 for float32, (v / 255 - mean) / std), graph_normalize (mean/std the graph applies itself)
+        outputs: name, kind (labels | logits), dtype, layout, shape
+        classes: num_classes, class_names, palette, ignore_index, protocol {classes, class_ids}
+    """
+    inputs = [t for t in io if t["kind"] == "input"]
+    if len(inputs) != 1:
+        raise ExportError(f"a segmentation graph has one input, found {[t['name'] for t in inputs]}")
+    inp = inputs[0]
+    uint8 = inp["dtype"] == "uint8"
+    outputs = [_output_entry(t) for t in io if t["kind"] == "output"]
+    num_classes = int(meta.get("num_classes") or next((o["shape"][1] for o in outputs if o["kind"] == "logits"), 0))
+    if num_classes <= 0:
+        raise ExportError("the class count is unknown: the ONNX has no udaseg metadata and no logits output")
+    graph_norm = meta.get("graph_normalize")
+    spec = {
+        "schema": RUNTIME_SCHEMA,
+        "input": {
+            "name": inp["name"],
+            "layout": "NCHW",
+            "dtype": inp["dtype"],
+            "channels": "RGB",
+            "shape": _dims(inp["shape"]),
+            "host_preprocess": {
+                "resize": "bilinear_half_pixel",  # export/prepost.py resize_bilinear, runtime/prepost.hpp preprocess
+                "scale": "none" if uint8 else "divide_by_255",  # uint8: raw 0..255, the graph divides by 255
+                "mean": [0.0, 0.0, 0.0],
+                "std": [1.0, 1.0, 1.0],
+            },
+            "graph_normalize": graph_norm,  # ImageNet mean/std: the model's first layer
+        },
+        "outputs": outputs,
+        **class_info(num_classes, meta),
+        "precision": precision or meta.get("precision"),
+    }
+    if profile is not None:
+        spec["profile"] = {"min": list(profile.min), "opt": list(profile.opt), "max": list(profile.max)}
+    return spec

@@ -28,6 +28,7 @@ import hashlib
 import io
 import logging
 import os
+import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from udaseg.cli import run_cli
 from udaseg.export import prepost
 from udaseg.export.onnx_utils import (
     INPUT_NAME,
@@ -44,9 +46,11 @@ from udaseg.export.onnx_utils import (
     format_io,
     graph_precision,
     load_onnx,
+    save_onnx,
     set_metadata,
     setup_logging,
 )
+from udaseg.export.profiles import runtime_spec
 
 log = logging.getLogger("udaseg.export")
 
@@ -222,8 +226,6 @@ def sample_feeds(cfg: ExportConfig, limit: int) -> list[dict[str, np.ndarray]]:
 
 def export_onnx(checkpoint: str | os.PathLike, output: str | os.PathLike, cfg: ExportConfig | None = None) -> Path:
     """Export ``checkpoint`` to ``output`` at ``cfg.precision``; returns the path. See the module docstring."""
-    import onnx
-
     cfg = cfg or ExportConfig()
     cfg.validate()
     output = Path(output)
@@ -240,25 +242,38 @@ def export_onnx(checkpoint: str | os.PathLike, output: str | os.PathLike, cfg: E
         "weights": info["weights"],
         "export": asdict(cfg),
         "torch": torch.__version__,
+        "graph_normalize": graph_normalization(model),
+        "protocol": ((info.get("config") or {}).get("data") or {}).get("protocol"),
     }
     with tempfile.TemporaryDirectory() as tmp:
-        fp32 = output if cfg.precision == "fp32" else Path(tmp) / "fp32.onnx"
+        fp32 = Path(tmp) / "fp32.onnx"  # the file at `output` appears only once it is complete
         export_fp32(graph, fp32, cfg)
         fp32_model = load_onnx(fp32, check=False)
-        set_metadata(fp32_model, {**meta, "precision": "fp32", "graph_precision": "fp32"})
-        onnx.save(fp32_model, str(fp32))
+        fp32_meta = {**meta, "precision": "fp32", "graph_precision": "fp32"}
+        set_metadata(fp32_model, {**fp32_meta, "runtime": runtime_spec(describe_io(fp32_model), fp32_meta)})
+        save_onnx(fp32_model, output if cfg.precision == "fp32" else fp32)
         if cfg.precision != "fp32":
             convert_onnx(fp32, output, cfg.precision, cfg)
     load_onnx(output, check=True)  # onnx.checker full check of the file as written
     return output
 
 
+def graph_normalization(model: nn.Module) -> dict | None:
+    """The mean/std the model applies as its first layer (udaseg.models.Normalize), or None."""
+    norm = getattr(model, "normalize", None)
+    if norm is None or not hasattr(norm, "mean"):
+        return None
+    std = (1.0 / norm.inv_std) if hasattr(norm, "inv_std") else norm.std
+    return {
+        "mean": [round(float(v), 6) for v in norm.mean.flatten()],
+        "std": [round(float(v), 6) for v in std.flatten()],
+    }
+
+
 def convert_onnx(
     fp32: str | os.PathLike, output: str | os.PathLike, precision: str, cfg: ExportConfig | None = None
 ) -> Path:
     """fp16 or int8 version of an fp32 ONNX written by ``export_onnx`` (its metadata carried over, updated)."""
-    import onnx
-
     from udaseg.export.onnx_utils import get_metadata
     from udaseg.export.precision import convert_fp16, quantize_int8
 
@@ -269,17 +284,20 @@ def convert_onnx(
     if graph_precision(source) != "fp32":
         raise ExportError(f"{fp32}: expected an fp32 graph to convert, found {graph_precision(source)}")
     if precision == "fp16":
-        onnx.save(convert_fp16(source, sample_feeds(cfg, cfg.calib_images)), str(output))
+        model = convert_fp16(source, sample_feeds(cfg, cfg.calib_images))
     elif precision == "int8":
         if not cfg.calib:
             raise ExportError("int8 needs calibration images: --calib NAME:ROOT (target domain)")
-        quantize_int8(fp32, output, sample_feeds(cfg, cfg.calib_images), cfg.calib_method)
+        with tempfile.TemporaryDirectory() as tmp:  # onnxruntime writes the file itself: in a scratch folder
+            quantize_int8(fp32, Path(tmp) / "int8.onnx", sample_feeds(cfg, cfg.calib_images), cfg.calib_method)
+            model = load_onnx(Path(tmp) / "int8.onnx", check=False)
     else:
         raise ExportError(f"convert_onnx makes fp16 or int8 graphs, not {precision!r}")
-    model = load_onnx(output, check=False)
     export = {**meta.get("export", {}), "precision": precision, "calib": cfg.calib, "calib_method": cfg.calib_method}
-    set_metadata(model, {**meta, "precision": precision, "graph_precision": graph_precision(model), "export": export})
-    onnx.save(model, str(output))
+    new_meta = {**meta, "precision": precision, "graph_precision": graph_precision(model), "export": export}
+    new_meta["runtime"] = runtime_spec(describe_io(model), new_meta)
+    set_metadata(model, new_meta)
+    save_onnx(model, output)
     log.info("wrote %s (%s)", output, precision)
     return Path(output)
 
@@ -317,7 +335,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> Path:
+def main(argv: list[str] | None = None) -> int:
+    """``udaseg-export-onnx``: exit code 0, or 2 with one line on stderr for a user error (udaseg.cli.run_cli)."""
+    return run_cli(_main, argv)
+
+
+def _main(argv: list[str]) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
     cfg = ExportConfig(
@@ -336,11 +359,8 @@ def main(argv: list[str] | None = None) -> Path:
     )
     path = export_onnx(args.checkpoint, args.output, cfg)
     log.info("%s:\n%s", path, format_io(describe_io(load_onnx(path, check=False))))
-    return path
+    return 0
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except ExportError as e:  # a user error: the message says what to change, a traceback would bury it
-        raise SystemExit(f"to_onnx: {e}") from None
+    sys.exit(main())

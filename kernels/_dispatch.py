@@ -1,4 +1,4 @@
-"""Implementation selection and argument checks shared by the six ops.
+"""Implementation selection shared by the ops, and the small helpers of their torch paths.
 
 Every op takes ``impl="auto" | "triton" | "torch"``:
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import math
 import os
 from collections.abc import Iterator
 
@@ -35,8 +34,6 @@ except ImportError:  # pragma: no cover - exercised only where triton is missing
 # Read once: Triton decides between compiling and interpreting when a kernel is decorated (at import).
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 IMPLS = ("auto", "triton", "torch", "chunked")
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-INDEX_DTYPES = (torch.int64, torch.int32)
 # Chunked torch path: rows per chunk such that one (chunk, M) float32 temporary stays under this many bytes.
 # Big enough that per-op costs vanish (each torch op on 2 threads waits for both; on a loaded 2-core machine
 # that wait is a scheduler slice, ~10 ms), small enough that the peak stays O(chunk x M): ~130 MB at
@@ -47,6 +44,8 @@ CHUNK_BYTES = 32 * 2**20
 EXP_FLOOR = -87.0
 
 _forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("udaseg_kernels_impl", default=None)
+# Set by _tiles.record_launches: Triton launches are recorded, not run, so the Triton path may run on any device.
+recording_flag: contextvars.ContextVar[bool] = contextvars.ContextVar("udaseg_kernels_recording", default=False)
 
 
 @contextlib.contextmanager
@@ -67,7 +66,7 @@ def use_impl(name: str) -> Iterator[None]:
 
 def triton_runs_on(device: torch.device) -> bool:
     """True when Triton kernels can run on tensors of ``device`` (CUDA, or any device when interpreting)."""
-    return HAS_TRITON and (device.type == "cuda" or INTERPRET)
+    return HAS_TRITON and (device.type == "cuda" or INTERPRET or recording_flag.get())
 
 
 def resolve_impl(impl: str, device: torch.device, op: str) -> str:
@@ -88,62 +87,6 @@ def resolve_impl(impl: str, device: torch.device, op: str) -> str:
         why = "triton is not installed" if not HAS_TRITON else f"tensors are on {device} and TRITON_INTERPRET != 1"
         raise ValueError(f"{op}: impl='triton' cannot run here: {why}")
     return impl
-
-
-# --- argument checks: every failure is a ValueError that names the argument ---
-
-
-def check_float(op: str, name: str, t: object, ndim: int) -> Tensor:
-    """Check that ``t`` is a floating tensor with ``ndim`` dimensions; return it."""
-    if not isinstance(t, Tensor):
-        raise ValueError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in FLOAT_DTYPES:
-        raise ValueError(f"{op}: {name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
-    if t.dim() != ndim:
-        raise ValueError(f"{op}: {name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
-    return t
-
-
-def check_index(op: str, name: str, t: object, shape: tuple[int, ...], device: torch.device) -> Tensor:
-    """Check that ``t`` is an int64/int32 tensor of ``shape`` on ``device``; return it."""
-    if not isinstance(t, Tensor):
-        raise ValueError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in INDEX_DTYPES:
-        raise ValueError(f"{op}: {name} must be int64 (or int32), got {t.dtype}")
-    check_shape(op, name, t, shape)
-    check_device(op, name, t, device)
-    return t
-
-
-def check_shape(op: str, name: str, t: Tensor, shape: tuple[int, ...]) -> None:
-    """Raise if ``t.shape != shape``."""
-    if tuple(t.shape) != tuple(shape):
-        raise ValueError(f"{op}: {name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
-
-
-def check_device(op: str, name: str, t: Tensor, device: torch.device) -> None:
-    """Raise if ``t`` is not on ``device``."""
-    if t.device != device:
-        raise ValueError(f"{op}: {name} is on {t.device} but the other inputs are on {device}")
-
-
-def check_positive(op: str, name: str, value: object) -> float:
-    """Check that ``value`` is a finite number > 0; return it as a float."""
-    if isinstance(value, Tensor):
-        if value.numel() != 1:
-            raise ValueError(f"{op}: {name} must be a number, got a tensor of shape {tuple(value.shape)}")
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{op}: {name} must be a finite number > 0, got {value!r}")
-    return float(value)
-
-
-def check_count(op: str, name: str, value: object, low: int, high: int | None = None) -> int:
-    """Check that ``value`` is an int in [low, high]; return it."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
-        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"{op}: {name} must be an int {bound}, got {value!r}")
-    return value
 
 
 # --- helpers of the torch paths ---

@@ -18,23 +18,13 @@ import math
 import torch
 from torch import Tensor
 
-from ._dispatch import (
-    acc_dtype,
-    check_count,
-    check_device,
-    check_float,
-    check_positive,
-    chunk_rows,
-    exp_,
-    logsumexp_,
-    next_pow2,
-    resolve_impl,
-)
-from ._tiles import INTERPRET, num_programs, tl, triton
+from ._checks import check_count, check_device, check_float, check_positive
+from ._dispatch import INTERPRET, acc_dtype, chunk_rows, exp_, logsumexp_, next_pow2, resolve_impl
+from ._tiles import Launcher, num_programs, tl, triton
 
-OP = "sinkhorn"
-MAX_K = 4096  # a row of scores is one register tile; wider: the chunked torch path
-LOG2E = 1.4426950408889634
+_OP = "sinkhorn"
+_MAX_K = 4096  # a row of scores is one register tile; wider: the chunked torch path
+_LOG2E = 1.4426950408889634
 
 # --- torch reference ---
 
@@ -59,12 +49,12 @@ def sinkhorn_reference(scores: Tensor, marginal: Tensor, epsilon: float, iterati
     return torch.exp(logits + u[:, None] + v[None, :] + math.log(n))
 
 
-# --- chunked torch (CPU fast path) ---
-# Where the logits span at most EXP_SPACE_RANGE, exp(logits - max) lies in [e^-50, 1] and no scaling below can
+# --- CPU path: chunked torch ---
+# Where the logits span at most _EXP_SPACE_RANGE, exp(logits - max) lies in [e^-50, 1] and no scaling below can
 # leave float32's normal range (the smallest factor, ~1 / (N K), stays above e^-37 for N K < 1e16): there the
 # iterations are the same arithmetic in exp space, sums and products, no exp per iteration. Wider spans (large
 # scores / eps) take the log-space path.
-EXP_SPACE_RANGE = 50.0
+_EXP_SPACE_RANGE = 50.0
 
 
 def _sinkhorn_exp_space(q: Tensor, marginal: Tensor, iterations: int) -> Tensor:
@@ -113,7 +103,7 @@ def _sinkhorn_chunked(scores: Tensor, marginal: Tensor, epsilon: float, iteratio
     dt = acc_dtype(scores, marginal)
     logits = scores.to(dt) / epsilon  # (N, K), the only N x K buffer: it becomes the output
     low, high = torch.aminmax(logits)
-    if (high - low).item() <= EXP_SPACE_RANGE:  # host sync: fine on the CPU path
+    if (high - low).item() <= _EXP_SPACE_RANGE:  # host sync: fine on the CPU path
         return _sinkhorn_exp_space(logits.sub_(high).exp_(), marginal.to(dt), iterations)
     return _sinkhorn_log_space(logits, marginal.to(dt), iterations)
 
@@ -207,6 +197,11 @@ def _cols_kernel(
     tl.store(v_ptr + k, log_b - (c_max + tl.log2(tl.where(k_mask, c_sum, 1.0))), mask=k_mask)
 
 
+# Fixed configs chosen per call from K (no autotuning: the row pass is memory-bound and its tile is one row wide).
+_ROWS = Launcher(_rows_kernel, None)
+_COLS = Launcher(_cols_kernel, None)
+
+
 def _sinkhorn_triton(scores: Tensor, marginal: Tensor, epsilon: float, iterations: int) -> Tensor:
     """2 launches per iteration (+1), the scores read once per iteration (+1).
 
@@ -217,25 +212,26 @@ def _sinkhorn_triton(scores: Tensor, marginal: Tensor, epsilon: float, iteration
     s = scores.contiguous()  # (N, K)
     block_k = next_pow2(k)
     block_n = 16 if INTERPRET else max(1, 4096 // block_k)
-    g = max(1, min(num_programs(s.device.index if s.is_cuda else None), triton.cdiv(n, block_n)))
+    g = max(1, min(num_programs(s.device), triton.cdiv(n, block_n)))
     f32 = dict(dtype=torch.float32, device=s.device)
     u, v = torch.zeros(n, **f32), torch.zeros(k, **f32)  # (N,), (K,) log2 units
     q = torch.empty(n, k, **f32)  # (N, K)
     pmax, psum = torch.empty(g, block_k, **f32), torch.empty(g, block_k, **f32)  # (G, BLOCK_K)
     log_b = torch.log2(marginal.float())  # (K,)
-    scale, log2_n, warps = LOG2E / epsilon, math.log2(n), 4 if block_k * block_n <= 2048 else 8
+    scale, log2_n, warps = _LOG2E / epsilon, math.log2(n), 4 if block_k * block_n <= 2048 else 8
 
     def rows(compute_u: bool, cols: bool, write_q: bool) -> None:
-        _rows_kernel[(g,)](s, v, u, q, pmax, psum, n, k, scale, log2_n, g, COMPUTE_U=compute_u, COLS=cols,
-                           WRITE_Q=write_q, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps)
+        _ROWS[(g,)](s, v, u, q, pmax, psum, n, k, scale, log2_n, g, COMPUTE_U=compute_u, COLS=cols,
+                    WRITE_Q=write_q, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=2)
 
     def columns(log_marginal: Tensor) -> None:
-        _cols_kernel[(triton.cdiv(k, 128),)](pmax, psum, log_marginal, v, g, k, block_k, BLOCK_G=16, BLOCK_K=128)
+        _COLS[(triton.cdiv(k, 128),)](pmax, psum, log_marginal, v, g, k, block_k, BLOCK_G=16, BLOCK_K=128,
+                                     num_warps=4, num_stages=2)
 
     rows(compute_u=False, cols=True, write_q=False)  # column partials of x + 0
     if iterations == 0:  # N * exp(x - LSE_all x): v = 0, u = -LSE_all - log2 N
         columns(torch.zeros_like(log_b))  # v = -LSE_n(x) per column
-        u.copy_((-torch.logsumexp(-v * math.log(2), 0) * LOG2E).expand(n))  # no host sync
+        u.copy_((-torch.logsumexp(-v * math.log(2), 0) * _LOG2E).expand(n))  # no host sync
         v.zero_()
         rows(compute_u=False, cols=False, write_q=True)
         return q
@@ -251,6 +247,20 @@ def _sinkhorn_triton(scores: Tensor, marginal: Tensor, epsilon: float, iteration
 # --- public op ---
 
 
+def _check_args(scores, marginal, epsilon, iterations) -> float:
+    """ValueError naming the argument on misuse; returns epsilon as a float."""
+    check_float(_OP, "scores", scores, 2)
+    check_float(_OP, "marginal", marginal, 1)
+    if marginal.shape[0] != scores.shape[1]:
+        raise ValueError(f"{_OP}: marginal must have shape ({scores.shape[1]},) like scores' columns, "
+                         f"got {tuple(marginal.shape)}")
+    check_device(_OP, "marginal", marginal, scores.device)
+    if scores.shape[0] == 0 or scores.shape[1] == 0:
+        raise ValueError(f"{_OP}: scores must be non-empty, got shape {tuple(scores.shape)}")
+    check_count(_OP, "iterations", iterations, 0)
+    return check_positive(_OP, "epsilon", epsilon)
+
+
 def sinkhorn(scores: Tensor, marginal: Tensor, epsilon: float, iterations: int = 3, impl: str = "auto") -> Tensor:
     """Sinkhorn-Knopp soft assignment with column marginals.
 
@@ -263,21 +273,12 @@ def sinkhorn(scores: Tensor, marginal: Tensor, epsilon: float, iterations: int =
     Returns:
         (N, K) float32, N * Q: each row sums to 1 (for iterations >= 1), column k sums to about N * marginal[k].
     """
-    check_float(OP, "scores", scores, 2)
-    check_float(OP, "marginal", marginal, 1)
-    if marginal.shape[0] != scores.shape[1]:
-        raise ValueError(f"{OP}: marginal must have shape ({scores.shape[1]},) like scores' columns, "
-                         f"got {tuple(marginal.shape)}")
-    check_device(OP, "marginal", marginal, scores.device)
-    if scores.shape[0] == 0 or scores.shape[1] == 0:
-        raise ValueError(f"{OP}: scores must be non-empty, got shape {tuple(scores.shape)}")
-    epsilon = check_positive(OP, "epsilon", epsilon)
-    check_count(OP, "iterations", iterations, 0)
-    impl = resolve_impl(impl, scores.device, OP)
+    epsilon = _check_args(scores, marginal, epsilon, iterations)
+    impl = resolve_impl(impl, scores.device, _OP)
     with torch.no_grad():
         if impl == "torch":
             return sinkhorn_reference(scores, marginal, epsilon, iterations)
         if impl == "triton":
-            if scores.shape[1] <= MAX_K:
+            if scores.shape[1] <= _MAX_K:
                 return _sinkhorn_triton(scores, marginal, epsilon, iterations)
         return _sinkhorn_chunked(scores, marginal, epsilon, iterations)

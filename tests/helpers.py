@@ -1,6 +1,6 @@
-"""Test utilities: a tiny training config, resume-exactness and two-process DDP runners.
+"""Test utilities: a tiny training config, resume-exactness and two-process DDP runners, where Triton runs.
 
-    cfg = tiny_config("dida", **{"methods.dida.bank_size": 8})
+    cfg = tiny_config("dida", **{"methods.dida.bank_per_class": 8})
     check_resume_exact(cfg, tmp_path)            # stopped + resumed == uninterrupted, weights and method state
     states = run_ddp(cfg, tmp_path)              # two gloo processes; per-rank final state dicts
     assert_states_equal(states[0], states[1])
@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import time
@@ -19,6 +20,14 @@ import torch.multiprocessing as mp
 
 from udaseg.config import Config, from_dict
 from udaseg.config import apply_overrides as _apply
+
+ROOT = Path(__file__).resolve().parents[1]  # the repository (subprocess tests run scripts from here)
+
+
+def triton_kernels_present() -> bool:
+    """Triton importable: the kernels then run under TRITON_INTERPRET=1 on CPU tensors."""
+    return importlib.util.find_spec("triton") is not None
+
 
 TINY = [
     "data.crop=[32, 64]",

@@ -24,8 +24,9 @@ def test_end_to_end_run_folder(tmp_path):
     assert [r["iter"] for r in rows] == [1, 2, 3, 4, 5]
     assert [(r["iter"], r["miou"]) for r in evals] == [(2, final["before"]["miou"]), (5, final["miou"])]
     adapt = [r for r in rows if r["stage"] == "adapt"]
-    assert all("pseudo_ce" in r and math.isfinite(r["pseudo_ce"]) for r in adapt)
-    assert all("pseudo_ce" not in r for r in rows if r["stage"] == "warmup")
+    assert all("self_training/pseudo_ce" in r and math.isfinite(r["self_training/pseudo_ce"]) for r in adapt)
+    assert all("self_training/pseudo_ce" not in r for r in rows if r["stage"] == "warmup")
+    assert all(math.isfinite(r["source_ce"]) and "total" in r for r in rows)  # the loop's own terms: no prefix
 
 
 def test_cli_defaults_and_overrides(tmp_path, capsys):

@@ -14,30 +14,28 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from udaseg.fileio import UserError, atomic_write, write_bytes
+
 MODEL_KEYS = ("teacher", "model")  # weights a deployment prefers: the EMA teacher is the better model
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not match what was asked of it."""
+class CheckpointError(UserError, ValueError):
+    """A checkpoint that cannot be read or does not match what was asked of it (the message names the file)."""
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
-    """Write `payload` to `path` atomically: a reader sees the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    """Write `payload` to `path` atomically: a reader sees the old file or the new one, never half of one.
+
+    A failed write (disk full, no permission) leaves no temporary file and raises fileio.WriteError naming `path`.
+    """
+    with atomic_write(path) as f:
         torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())  # the rename below must not overtake the data on a crash
-    os.replace(tmp, path)
-    return path
+    return Path(path)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -47,11 +45,14 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path}: no such checkpoint file")
     if path.suffix == ".safetensors":
         return _load_safetensors(path)
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes), not a checkpoint; a write of it was probably cut short")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
+    except Exception as e:  # noqa: BLE001 (an arbitrary file can fail the unpickler in any way: KeyError, IndexError)
+        first = (str(e).strip().splitlines() or [""])[0][:200]
         raise CheckpointError(
-            f"{path}: not a readable udaseg checkpoint ({type(e).__name__}: {str(e).splitlines()[0]}). "
+            f"{path}: not a readable udaseg checkpoint ({type(e).__name__}{': ' + first if first else ''}). "
             "Checkpoints are loaded with weights_only=True; a file holding pickled Python objects is refused."
         ) from e
     if not isinstance(payload, dict):
@@ -73,16 +74,12 @@ def _load_safetensors(path: Path) -> dict[str, Any]:
 
 def export_safetensors(checkpoint: str | os.PathLike, output: str | os.PathLike) -> Path:
     """Write the deployable weights of a training checkpoint as `.safetensors` with its model_spec."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     payload = load_checkpoint(checkpoint)
     weights = model_weights(payload, checkpoint)
     meta = {"model_spec": json.dumps(payload.get("model_spec", {}))}
-    output = Path(output)
-    tmp = output.with_name(output.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp), metadata=meta)
-    os.replace(tmp, output)
-    return output
+    return write_bytes(output, save({k: v.contiguous() for k, v in weights.items()}, metadata=meta))
 
 
 def model_weights(payload: dict[str, Any], path: str | os.PathLike = "<checkpoint>", prefer: str = "teacher") -> dict:

@@ -8,6 +8,7 @@ and are checked against that method's own dataclass (`udaseg.methods`).
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,9 +17,11 @@ from typing import Any
 
 import yaml
 
+from udaseg.fileio import UserError, write_text
 
-class ConfigError(ValueError):
-    """A configuration value or key that does not exist or has the wrong type."""
+
+class ConfigError(UserError, ValueError):
+    """A configuration value or key that does not exist, has the wrong type or is out of range (names the key)."""
 
 
 @dataclass
@@ -78,6 +81,37 @@ class TrainConfig:
     device: str = "auto"  # auto, cpu, cuda
     threads: int = 0  # torch CPU threads (0 = torch default)
     samples: int = 4  # target images shown in samples.png
+    evaluate: bool = True  # evaluate on data.val (needs its labels); false (--no-eval): no mIoU, no labelled val
+
+
+@dataclass
+class MonitorConfig:
+    """Pseudo-label diagnostics, label-free checkpoint selection and the collapse guard (docs/trust.md)."""
+
+    enabled: bool = True  # pseudo rows in metrics.jsonl, pseudo_labels.png, best_unsupervised.pt, collapse warnings
+    probe_images: int = 8  # fixed target train images (evenly spaced) the teacher is scored and compared on
+    probe_size: list[int] = field(default_factory=list)  # resize them to (H, W); empty = data.target_resize or as is
+    criterion: str = "agreement"  # label-free score that picks best_unsupervised.pt: agreement, im, snd, entropy
+    confident: float = 0.968  # confidence a pseudo-label counts as "confident" at in the diagnostics (DAFormer)
+    collapse_ratio: float = 0.5  # warn when the pseudo-labels' effective class count < this x the source labels'
+    vanish_ratio: float = 0.1  # a class is named as vanished when its pseudo-label share < this x its source share
+    coverage_drop: float = 0.5  # warn when the pseudo-labelled share of pixels < this x the first window's
+    patience: int = 3  # warn when the label-free score fell at this many evaluations in a row ...
+    min_drop: float = 0.02  # ... and is more than this below its best
+    on_collapse: str = "warn"  # warn; stop (end the run there); rollback (end it with best_unsupervised.pt's weights)
+
+
+@dataclass
+class AugmentConfig:
+    """Photometric/style randomisation of the source view (all off by default; udaseg/data/photometric.py)."""
+
+    jitter: float = 0.0  # colour jitter strength (brightness/contrast/saturation factors in 1 +- s, hue +- s turns)
+    p_jitter: float = 0.8  # probability of the jitter per image
+    grayscale: float = 0.0  # probability of a grayscale image
+    blur: float = 0.0  # probability of a Gaussian blur, sigma in [0.1, 2.0] pixels
+    channel_shuffle: float = 0.0  # probability of a random permutation of the RGB channels
+    fda: float = 0.0  # probability of FDA amplitude mixing with a random target image (Yang & Soatto 2020)
+    fda_beta: float = 0.01  # FDA's low-frequency window, as a fraction of the image's smaller side
 
 
 @dataclass
@@ -86,6 +120,8 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-method options: methods.dida.tau=0.1
 
 
@@ -210,7 +246,101 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+# ----------------------------------------------------------------------------- checks
+def _pair(value: list, where: str, kind: type = int, allow_empty: bool = False) -> list[str]:
+    if allow_empty and not value:
+        return []
+    if len(value) != 2 or not all(isinstance(v, (int, float)) and v > 0 for v in value):
+        what = "[] or " if allow_empty else ""
+        return [f"{where}={value}: expected {what}two positive {kind.__name__}s [H, W]"]
+    return []
+
+
+def validate(cfg: Config) -> Config:
+    """Check values a type hint cannot: ranges, list lengths, names of models and warm-ups. Raises one
+    ConfigError listing every bad key (name=value: what is expected); returns cfg."""
+    d, t, o = cfg.data, cfg.train, cfg.optim
+    bad = _pair(d.crop, "data.crop") + _pair(d.source_resize, "data.source_resize", allow_empty=True)
+    bad += _pair(d.target_resize, "data.target_resize", allow_empty=True)
+    if len(d.scale_range) != 2 or not 0 < d.scale_range[0] <= d.scale_range[1]:
+        bad.append(f"data.scale_range={d.scale_range}: expected [low, high] with 0 < low <= high")
+    at_least = {"data.batch_size": (d.batch_size, 1), "data.workers": (d.workers, 0), "train.iters": (t.iters, 0),
+                "train.warmup_iters": (t.warmup_iters, 0), "train.log_every": (t.log_every, 1),
+                "train.eval_every": (t.eval_every, 0), "train.eval_max_images": (t.eval_max_images, 0),
+                "train.ckpt_every": (t.ckpt_every, 0), "train.threads": (t.threads, 0),
+                "train.samples": (t.samples, 0), "optim.warmup_iters": (o.warmup_iters, 0),
+                "data.rcs_min_pixels": (d.rcs_min_pixels, 0)}  # fmt: skip
+    bad += [f"{k}={v}: expected an integer >= {low}" for k, (v, low) in at_least.items() if v < low]
+    if t.iters + t.warmup_iters == 0:
+        bad.append("train.iters=0 and train.warmup_iters=0: nothing to train")
+    if not (o.lr > 0 and math.isfinite(o.lr)):
+        bad.append(f"optim.lr={o.lr}: expected a positive number")
+    if not 0 <= t.ema < 1:
+        bad.append(f"train.ema={t.ema}: expected 0 <= ema < 1")
+    if d.rcs and not d.rcs_temperature > 0:
+        bad.append(f"data.rcs_temperature={d.rcs_temperature}: expected a positive number")
+    choices = {"data.protocol": (d.protocol, (19, 16, 13)), "optim.optimizer": (o.optimizer, ("adamw", "sgd")),
+               "train.kernels": (t.kernels, ("auto", "triton", "torch"))}  # fmt: skip
+    bad += [f"{k}={v!r}: expected one of {', '.join(map(str, c))}" for k, (v, c) in choices.items() if v not in c]
+    if not (t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:")):
+        bad.append(f"train.device={t.device!r}: expected auto, cpu, cuda or cuda:N")
+    bad += _names(cfg)
+    if bad:
+        raise ConfigError("bad config value" + ("s" if len(bad) > 1 else "") + ": " + "; ".join(bad))
+    return cfg
+
+
+def _names(cfg: Config) -> list[str]:
+    """Model and warm-up names, checked against their registries (imported here: the registries import config)."""
+    from udaseg.methods import REGISTRY, resolve_names, resolve_warmup
+    from udaseg.models import list_models
+
+    bad = []
+    if cfg.model.name not in list_models():
+        bad.append(f"model.name={cfg.model.name!r}: no such model; available: {', '.join(list_models())}")
+    for key, check in (("train.warmup", resolve_warmup), ("train.method", resolve_names)):
+        try:
+            check(getattr(cfg.train, key.split(".")[1]))
+        except ValueError as e:
+            bad.append(str(e) if key in str(e) else f"{key}: {e}")
+    bad += [f"methods.{name}: no such method; available: {', '.join(sorted(REGISTRY))}"
+            for name in sorted(set(cfg.methods) - set(REGISTRY))]
+    return bad
+
+
+# Keys a resumed run may change: where and how fast it runs, how often it reports; not what it computes.
+RESUME_FREE_KEYS = ("train.device", "train.threads", "train.kernels", "data.workers", "train.eval_every",
+                    "train.eval_max_images", "train.ckpt_every", "train.log_every", "train.samples")
+
+
+def config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """[(dotted key, old value, new value)] where two config dicts differ (a key missing on one side: None)."""
+    diffs = []
+    for key in sorted(set(old) | set(new), key=str):
+        a, b, name = old.get(key), new.get(key), f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += config_diff(a, b, name + ".")
+        elif a != b:
+            diffs.append((name, a, b))
+    return diffs
+
+
+def resume_diff(run_config: dict[str, Any], cfg: Config) -> tuple[list[str], list[str]]:
+    """(keys that change the computation, keys that may change) between a run's saved config and `cfg`.
+
+    The saved config is read through from_dict when it can be, so keys added since with their default do not count.
+    """
+    try:
+        old = to_dict(from_dict(run_config, "the run's config"))
+    except ConfigError:
+        old = run_config
+    diffs = config_diff(old, to_dict(cfg))
+    text = [f"{k}: {a!r} in the run, {b!r} now" for k, a, b in diffs]
+    free = [k in RESUME_FREE_KEYS for k, _, _ in diffs]
+    return [s for s, f in zip(text, free) if not f], [s for s, f in zip(text, free) if f]
 
 
 def method_options(cls: type, options: dict[str, Any], name: str) -> Any:

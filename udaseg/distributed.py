@@ -9,10 +9,14 @@ after each step, as DDP's broadcast_buffers does.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+
+T = TypeVar("T")
 
 
 def init(device: torch.device) -> tuple[int, int]:
@@ -23,6 +27,20 @@ def init(device: torch.device) -> tuple[int, int]:
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
     return dist.get_rank(), dist.get_world_size()
+
+
+def local_device(device: torch.device) -> torch.device:
+    """This process's GPU under torchrun (cuda:LOCAL_RANK, made current); other devices as they are."""
+    if device.type != "cuda" or device.index is not None or "LOCAL_RANK" not in os.environ:
+        return device
+    device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    torch.cuda.set_device(device)
+    return device
+
+
+def restarted() -> bool:
+    """Whether torchrun restarted this worker group after a failure (`--max-restarts`): the run continues."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
 
 
 def world_size() -> int:
@@ -45,6 +63,36 @@ def barrier() -> None:
 def shutdown() -> None:
     if world_size() > 1:
         dist.destroy_process_group()
+
+
+def any_flags(*flags: bool) -> list[bool]:
+    """For each flag, whether it is set on any rank: one small all-reduce (MAX), so every rank decides alike."""
+    if world_size() == 1:
+        return [bool(f) for f in flags]
+    t = torch.tensor([int(bool(f)) for f in flags], dtype=torch.int32)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in t.tolist()]
+
+
+def on_main(fn: Callable[[], T]) -> T | None:
+    """Run `fn` on rank 0 only; if it raises, every rank raises (rank 0 its own error, the others a pointer to it),
+    so no rank is left waiting in a collective. Returns fn's result on rank 0, None elsewhere."""
+    from udaseg.fileio import UserError
+
+    result, error = None, None
+    if is_main():
+        try:
+            result = fn()
+        except Exception as e:  # noqa: BLE001 (re-raised below, after the other ranks know)
+            error = e
+    (failed,) = any_flags(error is not None)
+    if error is not None:
+        raise error
+    if failed:
+        raise UserError("rank 0 stopped the run before training (its message above says why)")
+    return result
 
 
 def average_gradients(params: list[nn.Parameter]) -> None:

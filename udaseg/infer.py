@@ -1,12 +1,26 @@
-"""Segment image files with a ``.pt`` checkpoint, an ``.onnx`` graph or a TensorRT ``.engine``: same pre/post.
+"""Segment images, ROS 2 bags and videos with a ``.pt`` checkpoint, an ``.onnx`` graph or a TensorRT ``.engine``.
 
     python -m udaseg.infer --checkpoint runs/x/final.pt --input frames/ --output out/
     python -m udaseg.infer --checkpoint model_int8.onnx --input frame.png --output out/
     python -m udaseg.infer --checkpoint model_fp16.engine --input frames/ --output out/ --confidence
     python -m udaseg.infer --checkpoint model.onnx --provider tensorrt --input frames/ --output out/
+    python -m udaseg.infer --checkpoint model.onnx --input drive.mcap --topic /camera/front/image_raw --output seg.mcap
+    python -m udaseg.infer --checkpoint model.onnx --input dashcam.mp4 --output out/       # PNGs + overlay video
 
-Per image ``<stem>_labels.png`` (mono8 train ids, 255 = none) and ``<stem>_color.png`` (Cityscapes colours), at the
-image's own size; ``--confidence`` adds ``<stem>_confidence.png`` (max softmax probability x 255, needs logits).
+Images: per image ``<stem>_labels.png`` (mono8 train ids, 255 = none) and ``<stem>_color.png`` (Cityscapes
+colours), at the image's own size; ``--confidence`` adds ``<stem>_confidence.png`` (max softmax probability x 255,
+needs logits). Inputs sharing a stem (``a.png``, ``a.jpg``) keep their extension: ``a.png_labels.png``. An image
+that cannot be read is reported and skipped; the summary at the end counts written and skipped inputs, and the
+exit code is 1 when any was skipped (2 for a usage error).
+
+Recordings (docs/recordings.md): a bag (``.mcap``, ``.db3`` or a bag folder; ``--topic`` names the camera) or a
+video. ``--output X.mcap`` / ``X.db3`` writes a bag with ``<topic>/segmentation/labels`` (mono8), ``.../color``
+(rgb8) and with ``--confidence`` ``.../confidence`` (mono8, or 32FC1 with ``--float-confidence``), header stamps
+and frame ids copied; ``--output X.mp4`` a colour-overlay video; ``--output DIR`` PNGs per frame
+(``frame<index>_labels.png``, ...) plus ``frames.csv`` (index, stamp, frame id), and for a video input the overlay
+video ``DIR/<stem>_overlay.mp4``. ``--every N`` / ``--min-interval-s X`` subsample. A recording cut short is
+processed up to the cut: the outputs keep those frames, the cut is reported, and the exit code is 1.
+
 Every backend gets the same input (export/prepost.py: bilinear resize to the network size, [0, 1] or uint8, CHW)
 and its class map goes through the same nearest resize back to the image. The network size is the graph's or
 engine's static shape, else ``--height/--width``, else the image's own size.
@@ -15,18 +29,30 @@ engine's static shape, else ``--height/--width``, else the image's own size.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import re
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from udaseg.export import prepost
+from udaseg.fileio import UserError
 
 log = logging.getLogger("udaseg.infer")
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp")
 CHECKPOINT_EXTS = (".pt", ".pth", ".safetensors")
+VIDEO_EXTS = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".ts", ".mpg", ".mpeg")
+BAG_EXTS = (".mcap", ".db3")
+
+
+class InferError(UserError, ValueError):
+    """A wrong model, input or output: the CLI prints the message alone (exit code 2)."""
 
 
 class TorchBackend:
@@ -102,7 +128,7 @@ def load_backend(path: str | os.PathLike, provider: str = "cpu", device: str = "
         return OnnxBackend(path, provider)
     if suffix in (".engine", ".plan", ".trt"):
         return EngineBackend(path)
-    raise ValueError(f"{path}: unknown model type {suffix!r}; expected {CHECKPOINT_EXTS}, .onnx or .engine")
+    raise InferError(f"{path}: unknown model type {suffix!r}; expected {CHECKPOINT_EXTS}, .onnx or .engine")
 
 
 def segment(backend, image: np.ndarray, size: tuple[int, int] | None = None, with_confidence: bool = False) -> dict:
@@ -116,9 +142,10 @@ def segment(backend, image: np.ndarray, size: tuple[int, int] | None = None, wit
     result = {"labels": labels, "color": prepost.colorize(labels)}
     if with_confidence:
         if logits is None:
-            raise ValueError("--confidence needs logits: export with --output-mode logits or both")
-        conf = prepost.confidence(logits)
+            raise InferError("--confidence needs logits: export with --output-mode logits or both")
+        conf = prepost.confidence(logits)  # (h, w) float32 in (0, 1]
         result["confidence"] = prepost.resize_nearest(np.rint(conf * 255).astype(np.uint8), *image.shape[:2])
+        result["confidence_f32"] = prepost.resize_nearest(conf, *image.shape[:2])
     return result
 
 
@@ -128,50 +155,225 @@ def list_images(path: str | os.PathLike) -> list[Path]:
     if path.is_file():
         return [path]
     if not path.is_dir():
-        raise FileNotFoundError(f"{path}: no such image file or folder")
+        raise InferError(f"{path}: no such image file or folder")
     images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS)
     if not images:
-        raise FileNotFoundError(f"{path}: no images ({', '.join(IMAGE_EXTS)}) in this folder")
+        raise InferError(f"{path}: no images ({', '.join(IMAGE_EXTS)}) in this folder")
     return images
 
 
+def output_stems(paths: list[Path]) -> dict[Path, str]:
+    """A distinct output stem per input: its stem, or its whole name where stems clash (a.png, a.jpg)."""
+    names = {p: p.stem for p in paths}
+    while True:
+        counts = Counter(names.values())
+        clash = [p for p in paths if counts[names[p]] > 1 and names[p] != p.name]
+        if not clash:
+            return names
+        for p in clash:  # whole file names are distinct within a folder; repeat in case one meets another's stem
+            names[p] = p.name
+
+
+@dataclass
+class Report:
+    """What a run wrote and what it skipped (with reasons); `fault` ends a recording early."""
+
+    written: list[Path] = field(default_factory=list)
+    inputs_done: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    fault: str | None = None
+
+    def summary(self) -> str:
+        lines = [f"{self.inputs_done} written, {len(self.skipped)} skipped"]
+        lines += [f"  skipped {name}: {why}" for name, why in self.skipped[:20]]
+        if len(self.skipped) > 20:
+            lines.append(f"  ... and {len(self.skipped) - 20} more")
+        if self.fault:
+            lines.append(f"stopped early: {self.fault}")
+        return "\n".join(lines)
+
+    @property
+    def ok(self) -> bool:
+        return not self.skipped and self.fault is None
+
+
+def write_pngs(out_dir: Path, stem: str, result: dict) -> list[Path]:
+    from udaseg.data.io import write_image, write_label
+
+    paths = [out_dir / f"{stem}_labels.png", out_dir / f"{stem}_color.png"]
+    write_label(paths[0], result["labels"])
+    write_image(paths[1], result["color"])
+    if "confidence" in result:
+        paths.append(out_dir / f"{stem}_confidence.png")
+        write_label(paths[2], result["confidence"])
+    return paths
+
+
+def progress(total: int | None, unit: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=unit, disable=not enabled, dynamic_ncols=True, smoothing=0.1)
+
+
+def run_images(backend, args, report: Report) -> None:
+    """Each image of --input: segmented and written, or skipped with its reason (one bad file stops nothing)."""
+    from udaseg.data.io import DatasetError, read_image
+
+    paths = list_images(args.input)
+    stems = output_stems(paths)
+    out_dir = Path(args.output)
+    with progress(len(paths), "img", args.progress) as bar:
+        for path in paths:
+            bar.update()
+            try:
+                image = read_image(path)
+            except DatasetError as e:
+                report.skipped.append((str(path), str(e)))
+                continue
+            report.written += write_pngs(out_dir, stems[path], segment(backend, image, args.size, args.confidence))
+            report.inputs_done += 1
+            log.debug("%s -> %s_{labels,color}.png", path, out_dir / stems[path])
+
+
+def open_recording(args):
+    """A BagSource or VideoSource for --input, or None for image files/folders."""
+    path = Path(args.input)
+    if is_bag(path):
+        from udaseg.data.rosbag import BagSource
+
+        return BagSource(path, args.topic)
+    if path.suffix.lower() in VIDEO_EXTS:
+        from udaseg.data.video import VideoSource
+
+        if args.topic:
+            raise InferError(f"--topic {args.topic}: {path} is a video, it has no topics")
+        return VideoSource(path)
+    if args.topic:
+        raise InferError(f"--topic {args.topic} needs a bag as --input (.mcap, .db3 or a bag folder), got {path}")
+    return None
+
+
+def is_bag(path: Path) -> bool:
+    if path.suffix.lower() in BAG_EXTS:
+        return True
+    return path.is_dir() and ((path / "metadata.yaml").is_file() or any(p.suffix in BAG_EXTS for p in path.iterdir()))
+
+
+def recording_sinks(source, args, stack: contextlib.ExitStack) -> tuple[Path | None, object, object]:
+    """(PNG folder or None, bag writer or None, video writer or None) for --output, entered on `stack`."""
+    from udaseg.recordings_io import BAG_SUFFIXES, VIDEO_FORMATS, BagWriter, VideoWriter
+
+    out = Path(args.output)
+    suffix = out.suffix.lower()
+    is_video = hasattr(source, "time_base")
+    if suffix in BAG_SUFFIXES:
+        topic = source.topic or f"/{re.sub(r'[^A-Za-z0-9_/]', '_', source.path.stem)}"
+        return None, stack.enter_context(BagWriter(out, topic, args.confidence, args.float_confidence)), None
+    if suffix in VIDEO_FORMATS:
+        if not is_video:
+            raise InferError(f"--output {out}: a video output needs a video input; for a bag write .mcap/.db3 or a "
+                             f"folder")
+        return None, None, stack.enter_context(VideoWriter(out, source.time_base, source.rate))
+    video = None
+    if is_video:
+        video = stack.enter_context(VideoWriter(out / f"{source.path.stem}_overlay.mp4", source.time_base,
+                                                source.rate))
+    return out, None, video
+
+
+def run_recording(backend, source, args, report: Report) -> None:
+    """Every kept frame of a bag topic or a video through the model into the sinks; a cut ends it early, and
+    everything written before the cut is closed properly and kept."""
+    from udaseg.data.recordings import RecordingError, Subsample
+    from udaseg.fileio import write_text
+    from udaseg.recordings_io import overlay
+
+    sub = Subsample(args.every, args.min_interval_s)
+    rows = ["index,stamp_ns,frame_id,name"]
+    with contextlib.ExitStack() as stack:
+        out_dir, bag, video = recording_sinks(source, args, stack)
+        total = source.count() if hasattr(source, "count") and sub.every == 1 and not sub.min_interval_s else None
+        bar = stack.enter_context(progress(total, "frame", args.progress))
+        try:
+            for frame in source.stream(sub):
+                bar.update()
+                if not hasattr(frame, "image"):  # a BadFrame: skipped, the stream goes on
+                    report.skipped.append((f"frame {frame.index}", frame.reason))
+                    continue
+                result = segment(backend, frame.image, args.size, args.confidence)
+                name = f"frame{frame.index:06d}"
+                if bag is not None:
+                    bag.write(frame, result)
+                if video is not None:
+                    video.write(overlay(frame.image, result["color"]), round(frame.stamp_ns / 1e9 / source.time_base))
+                if out_dir is not None:
+                    report.written += write_pngs(out_dir, name, result)
+                    rows.append(f"{frame.index},{frame.stamp_ns},{frame.frame_id},{name}")
+                report.inputs_done += 1
+        except RecordingError as e:
+            report.fault = str(e)
+        finally:
+            if out_dir is not None and len(rows) > 1:
+                report.written.append(write_text(out_dir / "frames.csv", "\n".join(rows) + "\n"))
+    report.written += [w.path for w in (bag, video) if w is not None]
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m udaseg.infer", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="model: .pt/.safetensors checkpoint, .onnx or .engine")
-    p.add_argument("--input", required=True, help="an image file or a folder of images")
-    p.add_argument("--output", required=True, help="folder for <stem>_labels.png and <stem>_color.png")
+    p.add_argument("--input", required=True, help="an image, a folder of images, a bag (.mcap/.db3/folder) or a video")
+    p.add_argument("--output", required=True, help="a folder (PNGs), a bag (.mcap/.db3) or a video (.mp4/.mkv)")
+    p.add_argument("--topic", default=None, help="the bag's camera topic (default: its only image topic)")
+    p.add_argument("--every", type=int, default=1, help="recordings: every N-th frame")
+    p.add_argument("--min-interval-s", type=float, default=0.0, help="recordings: at least this far apart (s)")
     p.add_argument("--height", type=int, default=None, help="network input height (dynamic models; default: image)")
     p.add_argument("--width", type=int, default=None, help="network input width (dynamic models; default: image)")
     p.add_argument("--provider", default="cpu", choices=["cpu", "cuda", "tensorrt"], help="ONNX Runtime provider")
     p.add_argument("--device", default="cpu", help="torch device for .pt checkpoints (cpu, cuda)")
-    p.add_argument("--confidence", action="store_true", help="also write <stem>_confidence.png (needs logits)")
-    return p.parse_args(argv)
+    p.add_argument("--confidence", action="store_true", help="also write the confidence (needs logits)")
+    p.add_argument("--float-confidence", action="store_true", help="bag output: confidence as 32FC1 in [0, 1]")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    args = p.parse_args(argv)
+    args.size = (args.height, args.width) if args.height and args.width else None
+    if args.float_confidence:
+        args.confidence = True
+    return args
 
 
-def main(argv: list[str] | None = None) -> list[Path]:
-    from udaseg.data.io import read_image, write_image, write_label
+def infer(args: argparse.Namespace) -> Report:
+    """Run --input through --checkpoint into --output; the report says what was written and skipped."""
+    from udaseg.export.onnx_utils import ExportError
+    from udaseg.export.to_trt import TensorRTUnavailable
 
+    report = Report()
+    source = open_recording(args)  # before the model: a wrong topic is reported at once
+    try:
+        backend = load_backend(args.checkpoint, args.provider, args.device)
+        if source is None:
+            run_images(backend, args, report)
+        else:
+            run_recording(backend, source, args, report)
+    except (ExportError, TensorRTUnavailable) as e:
+        raise InferError(f"{args.checkpoint}: {e}") from e
+    finally:
+        if source is not None:
+            source.close()
+    return report
+
+
+def _main(argv: list[str]) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    size = (args.height, args.width) if args.height and args.width else None
-    backend = load_backend(args.checkpoint, args.provider, args.device)
-    out_dir = Path(args.output)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for path in list_images(args.input):
-        result = segment(backend, read_image(path), size, args.confidence)
-        write_label(out_dir / f"{path.stem}_labels.png", result["labels"])
-        write_image(out_dir / f"{path.stem}_color.png", result["color"])
-        written += [out_dir / f"{path.stem}_labels.png", out_dir / f"{path.stem}_color.png"]
-        if "confidence" in result:
-            write_label(out_dir / f"{path.stem}_confidence.png", result["confidence"])
-            written.append(out_dir / f"{path.stem}_confidence.png")
-        log.info("%s -> %s_{labels,color}.png", path, out_dir / path.stem)
-    return written
+    report = infer(args)
+    print(report.summary(), file=sys.stderr if not report.ok else sys.stdout)
+    return 0 if report.ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    from udaseg.cli import run_cli
+
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError, RuntimeError) as e:  # ExportError, TensorRTUnavailable, ...
-        raise SystemExit(f"udaseg.infer: {e}") from None
+    sys.exit(main())

@@ -2,15 +2,20 @@
 
     python -m udaseg.train                                   # embedded synthetic benchmark, CPU, minutes
     python -m udaseg.train --method dida+cpsl --iters 2000   # plug-ins compose with '+'
-    python -m udaseg.train --config configs/gta2cs_self_training.yaml \
+    python -m udaseg.train --config gta2cs_self_training \
         --source gta5:data/gta --target cityscapes:data/cityscapes
     python -m udaseg.train --out runs/demo --resume           # continue a stopped run where it stopped
+    python -m udaseg.train --check-data ...                   # check every input pair, print a summary, exit
     torchrun --nproc_per_node 2 -m udaseg.train ...           # data parallel (gloo on CPU, NCCL on GPU)
 
 Two stages share one iteration counter: a warm-up on source data (`train.warmup`, source_only by default), then
 adaptation with the plug-ins of `train.method`. The target mIoU of the teacher at the end of the warm-up
 ("before") and at the end ("after") is printed as a table and written to the run folder:
 config.yaml, metrics.jsonl, last.pt (resumable), final.pt (deployable), final.json, curves.png, samples.png.
+
+Before the first iteration every input pair (source, target, val) is read once and checked; a run folder holding
+another run is refused (--resume continues it, --overwrite replaces it). SIGINT/SIGTERM on any rank stop every
+rank after the same step with last.pt written; torchrun --max-restarts continues from last.pt by itself.
 """
 
 from __future__ import annotations
@@ -19,11 +24,12 @@ import argparse
 import contextlib
 import copy
 import itertools
-import json
 import math
 import signal
 import sys
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,23 +41,39 @@ from tqdm import tqdm
 from udaseg import distributed as dist
 from udaseg import viz
 from udaseg.checkpoint import save_checkpoint
-from udaseg.config import Config, ConfigError, load_config, save_config, to_dict
+from udaseg.cli import run_cli
+from udaseg.config import Config, ConfigError, load_config, save_config, to_dict, validate
 from udaseg.data import build_dataset
 from udaseg.data.labels import IGNORE_INDEX
 from udaseg.engine import data as D
+from udaseg.engine import folder
 from udaseg.engine import optim as O
 from udaseg.engine.log import MetricLog, append_jsonl, trim_jsonl
-from udaseg.engine.state import checkpoint_payload, elapsed, init_weights, peak_memory_mb, restore
+from udaseg.engine.monitor import Monitor
+from udaseg.engine.state import (
+    Run,
+    Stage,
+    TrainData,
+    checkpoint_payload,
+    elapsed,
+    init_weights,
+    non_finite,
+    peak_memory_mb,
+    restore,
+    restore_buffers,
+    snapshot_buffers,
+)
 from udaseg.evaluate import evaluate, format_table
-from udaseg.methods import Step, build_methods
+from udaseg.fileio import UserError, write_json
+from udaseg.methods import Step, build_methods, resolve_warmup
 from udaseg.methods.base import Method, resolved_options
 from udaseg.models import build_model
 
-WARMUP_ALIASES = {"diga": "diga_warmup"}  # --warmup diga runs DiGA's symmetric-distillation plug-in
+MAX_BAD_STEPS = 10  # consecutive skipped steps (non-finite loss or gradient) that stop the run
 
 
-class NonFiniteLoss(RuntimeError):
-    """Raised after too many consecutive steps with a NaN/inf loss."""
+class NonFiniteLoss(UserError, RuntimeError):
+    """Raised after MAX_BAD_STEPS consecutive steps with a NaN/inf loss or gradient."""
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -63,61 +85,73 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_data(cfg: Config, out: Path, rank: int) -> dict[str, Any]:
-    """Source/target training views, the validation set and the rare-class sampling tables."""
+def build_datasets(cfg: Config) -> dict:
+    """{"source", "target", "val"} datasets of the config (val None with train.evaluate=false)."""
     d = cfg.data
 
     def dataset(spec: str, split: str, role: str):
         options = d.synthetic if spec.split(":")[0].startswith("synthetic") else {}
         return build_dataset(spec, split=split, role=role, **options)
 
-    source = dataset(d.source, "train", "source")
-    target = dataset(d.target, "train", "target")
-    val = dataset(d.val or d.target, d.val_split, "target")
+    val = dataset(d.val or d.target, d.val_split, "target") if cfg.train.evaluate else None
+    return {"source": dataset(d.source, "train", "source"), "target": dataset(d.target, "train", "target"),
+            "val": val}
+
+
+def check_inputs(datasets: dict) -> list:
+    """Read every pair once (rank 0): readable, sizes equal, source and val labelled. Raises DataError naming the
+    files; prints one summary line per dataset. A val split without labels is refused here, before any training."""
+    from udaseg.data.check import check_dataset
+
+    reports = [check_dataset(datasets[role], role, require_labels=role != "target")
+               for role in ("source", "target", "val") if datasets[role] is not None]
+    for report in reports:
+        tqdm.write(f"checked {report.summary()}")
+    return reports
+
+
+def build_data(cfg: Config, datasets: dict, out: Path) -> TrainData:
+    """Source/target training views, the validation set and the rare-class sampling tables."""
+    d = cfg.data
     rcs = None
     if d.rcs:
         from udaseg.data.rcs import class_stats
 
-        counts = class_stats(source, cache_dir=out / "cache")  # (N, C), computed once, cached in the run folder
+        counts = class_stats(datasets["source"], cache_dir=out / "cache")  # (N, C), cached in the run folder
         rcs = D.rcs_tables(counts, d.rcs_temperature, d.rcs_min_pixels)
     view = dict(crop=d.crop, scale_range=d.scale_range, flip=True)
-    return {
-        "source": D.TrainView(source, resize=d.source_resize, min_class_pixels=d.rcs_min_pixels, **view),
-        "target": D.TrainView(target, resize=d.target_resize, **view),
-        "val": val,
-        "rcs": rcs,
-    }
+    return TrainData(
+        source=D.TrainView(datasets["source"], resize=d.source_resize, min_class_pixels=d.rcs_min_pixels, **view),
+        target=D.TrainView(datasets["target"], resize=d.target_resize, **view), val=datasets["val"], rcs=rcs)
 
 
-def streams(cfg: Config, data: dict, start: int, end: int, rank: int, pin: bool, target: bool):
+def streams(cfg: Config, data: TrainData, start: int, end: int, rank: int, pin: bool, target: bool):
     """Batches for iterations [start, end): a pure function of (seed, iteration, rank), so resume is exact.
 
     Without `target` (a source-only stage) the target stream yields None and loads nothing.
     """
     d, seed = cfg.data, cfg.train.seed
-    probs, images = data["rcs"] if data["rcs"] else (None, None)
-    src = D.StepSampler(len(data["source"]), d.batch_size, start, end, seed, D.SOURCE_STREAM, rank, probs, images)
-    tgt = D.StepSampler(len(data["target"]), d.batch_size, start, end, seed, D.TARGET_STREAM, rank)
-    target_stream = D.loader(data["target"], tgt, d.workers, pin) if target else itertools.repeat(None)
-    return D.loader(data["source"], src, d.workers, pin), target_stream
+    probs, images = data.rcs if data.rcs else (None, None)
+    src = D.StepSampler(len(data.source), d.batch_size, start, end, seed, D.SOURCE_STREAM, rank, probs, images)
+    tgt = D.StepSampler(len(data.target), d.batch_size, start, end, seed, D.TARGET_STREAM, rank)
+    target_stream = D.loader(data.target, tgt, d.workers, pin) if target else itertools.repeat(None)
+    return D.loader(data.source, src, d.workers, pin), target_stream
 
 
-def build_stages(cfg: Config, num_classes: int, feature_dim: int, device) -> list[dict]:
-    """[(name, first iteration, last iteration + 1, plug-ins)] of the warm-up and adaptation stages."""
+def build_stages(cfg: Config, num_classes: int, feature_dim: int, device) -> list[Stage]:
+    """The warm-up stage (if any) and the adaptation stage, each with its plug-ins."""
     t = cfg.train
-    warm = WARMUP_ALIASES.get(t.warmup, t.warmup)
     stages = []
     if t.warmup_iters > 0:
-        methods = build_methods(warm, cfg.methods, num_classes, feature_dim, device)
-        stages.append({"name": "warmup", "start": 0, "end": t.warmup_iters, "methods": methods, "spec": t.warmup})
+        methods = build_methods(resolve_warmup(t.warmup), cfg.methods, num_classes, feature_dim, device)
+        stages.append(Stage("warmup", 0, t.warmup_iters, methods, t.warmup))
     methods = build_methods(t.method, cfg.methods, num_classes, feature_dim, device)
-    stages.append({"name": "adapt", "start": t.warmup_iters, "end": t.warmup_iters + t.iters, "methods": methods,
-                   "spec": t.method})
+    stages.append(Stage("adapt", t.warmup_iters, t.warmup_iters + t.iters, methods, t.method))
     return stages
 
 
-def all_methods(stages: list[dict]) -> dict[str, Method]:
-    return {m.name: m for s in stages for m in s["methods"]}
+def all_methods(stages: list[Stage]) -> dict[str, Method]:
+    return {m.name: m for s in stages for m in s.methods}
 
 
 # ----------------------------------------------------------------------------- one step
@@ -130,7 +164,8 @@ def teacher_predict(step: Step) -> dict[str, torch.Tensor]:
 
 
 def train_step(step: Step, methods: list[Method]) -> dict[str, torch.Tensor]:
-    """Hooks in order (methods/base.py): pseudo-labels, mix, student forward, losses. Returns the loss terms."""
+    """Hooks in order (methods/base.py): pseudo-labels, mix, student forward, losses. Returns the loss terms:
+    the loop's own `source_ce`, and each plug-in's terms as `<plug-in>/<term>`."""
     needs_target = any(m.needs_target for m in methods) and step.target_image is not None
     if needs_target:
         step.teacher_target = teacher_predict(step)
@@ -144,8 +179,7 @@ def train_step(step: Step, methods: list[Method]) -> dict[str, torch.Tensor]:
     if needs_target and step.mix_image is not None:
         step.student_mix = step.forward(step.student, step.mix_image)
     for m in methods:
-        for name, value in m.losses(step).items():
-            losses[f"{m.name}/{name}" if name in losses else name] = value
+        losses.update({f"{m.name}/{name}": value for name, value in m.losses(step).items()})
     return losses
 
 
@@ -154,59 +188,94 @@ def step_generator(seed: int, iteration: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, iteration, rank]).generate_state(1)[0]))
 
 
-def finite_or_report(losses: dict[str, torch.Tensor], iteration: int) -> bool:
-    """Whether every loss term is finite: one host sync per step (the skip decision needs it), not one per term."""
+def step_flags(losses: dict[str, torch.Tensor], stop: StopFlag, iteration: int) -> tuple[bool, bool]:
+    """(every rank's loss is finite, some rank was asked to stop): one host sync per step for the finite check,
+    and under DDP one tiny all-reduce, so that every rank skips, and stops, at the same step."""
     values = torch.stack([v.detach().float() for v in losses.values()])
-    if bool(torch.isfinite(values).all()):
-        return True
-    bad = {k: float(v) for k, v in zip(losses, values.tolist()) if not torch.isfinite(torch.tensor(v))}
-    tqdm.write(f"iteration {iteration}: non-finite loss {bad}; step skipped, weights untouched")
-    return False
+    finite_here = bool(torch.isfinite(values).all())
+    if not finite_here:
+        bad = {k: v for k, v in zip(losses, values.tolist()) if not math.isfinite(v)}
+        tqdm.write(f"iteration {iteration}: non-finite loss {bad} on rank {dist.rank()}")
+    bad_somewhere, stopping = dist.any_flags(not finite_here, stop.set)
+    return not bad_somewhere, stopping
 
 
-# ----------------------------------------------------------------------------- state
+# ----------------------------------------------------------------------------- signals
 class StopFlag:
-    """SIGINT/SIGTERM finish the current step, write last.pt and return: nothing is lost."""
+    """SIGINT/SIGTERM, on any rank: every rank finishes the current step, last.pt is written, train() returns.
+
+    Installed on every rank; the flag is shared through `step_flags`. A second Ctrl-C stops a single process at
+    once; under DDP it is not escalated (torchrun forwards the terminal's SIGINT, so each worker gets it twice).
+    """
 
     def __init__(self):
-        self.set = False
+        self.set, self.old = False, {}
+
+    def __enter__(self) -> StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            self.old = {s: signal.signal(s, self) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self.old.items():
+            signal.signal(s, h)
 
     def __call__(self, signum, frame):
-        if self.set:  # a second Ctrl-C stops at once
+        if self.set and signum == signal.SIGINT and dist.world_size() == 1:
             raise KeyboardInterrupt
+        if not self.set and dist.is_main():
+            tqdm.write("stopping after this step; last.pt will hold the run (continue with --resume)")
         self.set = True
-        tqdm.write("stopping after this step; last.pt will hold the run (resume with --resume)")
 
 
 # ----------------------------------------------------------------------------- evaluation
-def eval_teacher(run: dict, cfg: Config, full: bool) -> dict:
-    val = run["data"]["val"]
+def eval_teacher(run: Run, cfg: Config, full: bool) -> dict:
+    val = run.data.val
     cap = cfg.train.eval_max_images
     if not full and 0 < cap < len(val):
         val = torch.utils.data.Subset(val, range(cap))
-    return evaluate(run["teacher"], val, protocol=cfg.data.protocol, device=run["device"], progress=False,
+    return evaluate(run.teacher, val, protocol=cfg.data.protocol, device=run.device, progress=False,
                     batch_size=cfg.data.batch_size)
 
 
 # ----------------------------------------------------------------------------- the run
 def train(cfg: Config, out: str | Path, resume: bool = False, stop_after: int | None = None,
-          state_out: dict | None = None) -> dict:
-    """Run both stages; returns final.json's content (on rank 0).
+          state_out: dict | None = None, overwrite: bool = False) -> dict:
+    """Run both stages; returns final.json's content (on rank 0; {} when stopped early).
 
-    `stop_after` stops (with a checkpoint) after that many steps; `state_out`, if given, receives this process's
-    final model, teacher and method state (tests compare them across DDP ranks).
+    `cfg` is not modified (the run works on a copy). `resume` continues the run in `out`; `overwrite` replaces the
+    run `out` holds; without either, a folder holding a run is refused. `stop_after` stops (with a checkpoint)
+    after that many steps; `state_out`, if given, receives this process's final model, teacher, method state and
+    iteration (tests compare them across DDP ranks).
     """
+    cfg = validate(copy.deepcopy(cfg))
     out = Path(out)
+    if dist.restarted():  # torchrun --max-restarts after a failed worker: continue from last.pt
+        resume, overwrite = True, False
     device = pick_device(cfg.train.device)
-    rank, world = dist.init(device)
+    dist.init(device)
+    device = dist.local_device(device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-    if dist.is_main():
-        out.mkdir(parents=True, exist_ok=True)
-    dist.barrier()
-    data = build_data(cfg, out, rank)
-    num_classes = data["val"].num_classes
+    dist.on_main(lambda: folder.claim(out, resume, overwrite))
+    datasets = build_datasets(cfg)
+    dist.on_main(lambda: check_inputs(datasets))
+    run, stages = build_run(cfg, build_data(cfg, datasets, out), device)
+    start_run(run, cfg, out, resume)
+    run.monitor = Monitor.for_run(cfg, run, out)  # pseudo-label diagnostics, label-free selection (docs/trust.md)
+    dist.broadcast_module(run.student)
+    dist.broadcast_module(run.teacher)
+    loop(run, cfg, stages, out, stop_after)
+    if state_out is not None:
+        state_out.update(model=run.student.state_dict(), teacher=run.teacher.state_dict(),
+                         methods={k: m.state_dict() for k, m in run.methods.items()}, iteration=run.iteration)
+    return finish(run, cfg, stages, out) if run.done else {}
+
+
+def build_run(cfg: Config, data: TrainData, device: torch.device) -> tuple[Run, list[Stage]]:
+    """Student, EMA teacher, stages and plug-ins, optimizer; fills the plug-ins' option defaults into `cfg`."""
+    num_classes = (data.val if data.val is not None else data.source.dataset).num_classes
     spec = {"name": cfg.model.name, "num_classes": num_classes, "kwargs": dict(cfg.model.kwargs)}
     student = build_model(cfg.model.name, num_classes=num_classes, pretrained=cfg.model.pretrained or None,
                           **cfg.model.kwargs).to(device)
@@ -217,29 +286,31 @@ def train(cfg: Config, out: str | Path, resume: bool = False, stop_after: int | 
     methods = all_methods(stages)
     heads = {f"{n}.{k}": mod.to(device) for n, m in methods.items() for k, mod in m.modules().items()}
     optimizer = O.build_optimizer(O.param_groups(student, heads, cfg.optim), cfg.optim)
-    cfg.methods = {**cfg.methods, **resolved_options(list(methods.values()))}
-    run = {"student": student, "teacher": teacher, "optimizer": optimizer, "heads": heads, "methods": methods,
-           "data": data, "device": device, "model_spec": spec, "config_dict": to_dict(cfg), "history": {},
-           "t0": time.perf_counter()}
-    start = 0
-    if cfg.train.init and not (resume and (out / "last.pt").exists()):
-        init_weights(run, cfg.train.init)
-    if resume and (out / "last.pt").exists():
-        start = restore(run, out / "last.pt")
+    cfg.methods = {**cfg.methods, **resolved_options(list(methods.values()))}  # cfg is train()'s own copy
+    run = Run(student=student, teacher=teacher, optimizer=optimizer, heads=heads, methods=methods, data=data,
+              device=device, model_spec=spec, config_dict=to_dict(cfg))
+    return run, stages
+
+
+def start_run(run: Run, cfg: Config, out: Path, resume: bool) -> None:
+    """From last.pt (--resume, same config) or from the start (train.init weights if given); writes config.yaml."""
+    last = out / "last.pt"
+    if resume:
+        for note in dist.on_main(lambda: folder.check_same_run(out, cfg)) or []:
+            tqdm.write(note)
+    if resume and last.exists():
+        restore(run, last)
         if dist.is_main():
-            print(f"resumed {out / 'last.pt'} at iteration {start}")
-    elif resume:
-        print(f"--resume: no {out / 'last.pt'} yet, starting from the beginning")
+            print(f"resumed {last} at iteration {run.iteration}")
+    else:
+        if resume and dist.is_main():
+            print(f"--resume: no {last} yet, starting from the beginning")
+        if cfg.train.init:
+            init_weights(run, cfg.train.init)
     if dist.is_main():
         save_config(cfg, out / "config.yaml")
-        trim_jsonl(out / "metrics.jsonl", start)
-    dist.broadcast_module(student)
-    dist.broadcast_module(teacher)
-    loop(run, cfg, stages, out, start, stop_after)
-    if state_out is not None:
-        state_out.update(model=student.state_dict(), teacher=teacher.state_dict(),
-                         methods={k: m.state_dict() for k, m in methods.items()})
-    return finish(run, cfg, stages, out) if run.get("done") else {}
+        trim_jsonl(out / "metrics.jsonl", run.iteration)
+    dist.barrier()
 
 
 def amp_context(cfg: Config, device: torch.device):
@@ -249,159 +320,216 @@ def amp_context(cfg: Config, device: torch.device):
     return contextlib.nullcontext
 
 
-def optimize(run: dict, cfg: Config, losses: dict[str, torch.Tensor], params: list, it: int) -> float:
-    """Backward, gradient averaging across ranks, clipping, optimizer step; returns the gradient norm.
-
-    A non-finite loss skips the step (weights untouched); ten in a row stop the run.
-    """
-    run["optimizer"].zero_grad(set_to_none=True)
-    if not finite_or_report(losses, it):
-        run["bad_in_a_row"] = run.get("bad_in_a_row", 0) + 1
-        if run["bad_in_a_row"] >= 10:
-            raise NonFiniteLoss(f"10 consecutive non-finite losses up to iteration {it}: lower optim.lr "
-                                f"or check the data; last.pt still holds the weights before them")
-        return math.nan
-    run["bad_in_a_row"] = 0
+def optimize(run: Run, cfg: Config, losses: dict[str, torch.Tensor], params: list) -> float | None:
+    """Backward, gradient averaging across ranks, clipping, optimizer step; returns the gradient norm, or None
+    (no optimizer step) when clipping finds it non-finite: averaged first, so every rank decides alike."""
+    run.optimizer.zero_grad(set_to_none=True)
     losses["total"].backward()
     dist.average_gradients(params)
     gnorm = O.grad_norm_clip(params, cfg.optim.grad_clip)
-    run["optimizer"].step()
+    if cfg.optim.grad_clip > 0 and not math.isfinite(gnorm):
+        return None
+    run.optimizer.step()
     return gnorm
 
 
+def skip_step(run: Run, buffers: list[torch.Tensor], it: int, out: Path, why: str) -> float:
+    """A step with a non-finite loss or gradient changes nothing: BatchNorm statistics back, no optimizer step, no
+    teacher or plug-in update. MAX_BAD_STEPS in a row stop the run; last.pt keeps its last finite state."""
+    restore_buffers(run, buffers)
+    run.optimizer.zero_grad(set_to_none=True)
+    run.bad_in_a_row += 1
+    if dist.is_main():
+        tqdm.write(f"iteration {it}: {why}; step skipped (weights, BatchNorm statistics, teacher unchanged)")
+    if run.bad_in_a_row >= MAX_BAD_STEPS:
+        held = (f"{out / 'last.pt'} holds iteration {run.saved_at}, whose tensors are all finite"
+                if run.saved_at is not None else "no last.pt was written")
+        raise NonFiniteLoss(f"{MAX_BAD_STEPS} consecutive steps with a non-finite loss or gradient up to iteration "
+                            f"{it}: lower optim.lr or check the data; {held}")
+    return math.nan
+
+
 @torch.no_grad()
-def update_state(run: dict, cfg: Config, step: Step, methods: list[Method]) -> None:
+def update_state(run: Run, cfg: Config, step: Step, methods: list[Method]) -> None:
     """After the optimizer: one set of BatchNorm statistics on all ranks, the EMA teacher, the plug-ins' state."""
-    dist.broadcast_module(run["student"], buffers_only=True)  # before the EMA reads them
-    O.ema_update(run["teacher"], run["student"], cfg.train.ema, step.iteration)
+    dist.broadcast_module(run.student, buffers_only=True)  # before the EMA reads them
+    O.ema_update(run.teacher, run.student, cfg.train.ema, step.iteration)
     for m in methods:
         m.update(step)
     for m in methods:
         m.sync_state()
 
 
-def make_step(run: dict, cfg: Config, it: int, src: dict, tgt: dict | None, amp) -> Step:
-    device = run["device"]
+def make_step(run: Run, cfg: Config, it: int, src: dict, tgt: dict | None, amp) -> Step:
+    device = run.device
     return Step(iteration=it, source_image=src["image"].to(device, non_blocking=True),
                 source_label=src["label"].to(device, non_blocking=True),
                 target_image=None if tgt is None else tgt["image"].to(device, non_blocking=True),
                 generator=step_generator(cfg.train.seed, it, dist.rank()),
-                student=run["student"], teacher=run["teacher"], amp=amp)
+                student=run.student, teacher=run.teacher, amp=amp)
 
 
-def loop(run: dict, cfg: Config, stages: list[dict], out: Path, start: int, stop_after: int | None) -> None:
-    """Both stages from iteration `start`; sets run["done"] unless stopped (signal or `stop_after`)."""
+@dataclass
+class LoopTools:
+    """What every iteration of `loop` uses besides the run: autocast, the parameters, progress, log, stop flag."""
+
+    amp: Any
+    params: list
+    bar: Any
+    log: MetricLog
+    stop: StopFlag
+    stop_after: int | None
+
+
+def loop(run: Run, cfg: Config, stages: list[Stage], out: Path, stop_after: int | None) -> None:
+    """Both stages from run.iteration; sets run.done unless stopped (a signal on any rank, or `stop_after`)."""
     from udaseg.kernels import use_impl
 
-    t, device = cfg.train, run["device"]
-    amp = amp_context(cfg, device)
-    params = [p for g in run["optimizer"].param_groups for p in g["params"]]
-    stop = StopFlag()
-    old_handlers = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)} if dist.is_main() else {}
-    bar = tqdm(total=stages[-1]["end"], initial=start, disable=not dist.is_main(), dynamic_ncols=True, desc="train")
+    params = [p for g in run.optimizer.param_groups for p in g["params"]]
+    bar = tqdm(total=stages[-1].end, initial=run.iteration, disable=not dist.is_main(), dynamic_ncols=True,
+               desc="train")
     log = MetricLog(out / "metrics.jsonl", cfg.data.batch_size * dist.world_size())
-    try:
-        with use_impl(t.kernels):
+    with StopFlag() as stop, use_impl(cfg.train.kernels):
+        tools = LoopTools(amp_context(cfg, run.device), params, bar, log, stop, stop_after)
+        try:
             for stage in stages:
-                if start >= stage["end"]:
-                    continue
-                begin, methods = max(start, stage["start"]), stage["methods"]
-                src_it, tgt_it = streams(cfg, run["data"], begin, stage["end"], dist.rank(), device.type == "cuda",
-                                         target=any(m.uses_target_images for m in methods))
-                if stage["name"] == "adapt" and not run["history"].get("before_recorded"):
-                    record_before(run, cfg, out, begin)  # no warm-up stage in this run: "before" = initial model
-                for it in range(begin, stage["end"]):
-                    src, tgt = next(src_it), next(tgt_it)
-                    lr = O.set_lr(run["optimizer"], O.lr_factor(it - stage["start"], stage["end"] - stage["start"],
-                                                              cfg.optim.warmup_iters, cfg.optim.poly_power))
-                    step = make_step(run, cfg, it, src, tgt, amp)
-                    losses = train_step(step, methods)
-                    losses["total"] = sum(losses.values())
-                    gnorm = optimize(run, cfg, losses, params, it)
-                    update_state(run, cfg, step, methods)
-                    bar.update(1)
-                    log.add(losses, step.metrics)
-                    if (it + 1) % t.log_every == 0 or it + 1 == stage["end"]:
-                        row = log.flush(it + 1, stage["name"], lr, gnorm, domains=1 + (tgt is not None))
-                        bar.set_postfix(loss=f"{row['total']:.3f}", it_s=f"{row['it_per_s']:.2f}", refresh=False)
-                    after_step(run, cfg, stage, it, out, stages)
-                    if stop.set or (stop_after is not None and log.steps >= stop_after):
-                        save(run, out, it + 1)
-                        return
-        run["done"] = True
-    finally:
-        bar.close()
-        for s, h in old_handlers.items():
-            signal.signal(s, h)
+                if run.iteration < stage.end and run_stage(run, cfg, stage, out, tools):
+                    return
+            run.done = True
+        finally:
+            bar.close()
 
 
-def after_step(run: dict, cfg: Config, stage: dict, it: int, out: Path, stages: list[dict]) -> None:
-    """Evaluations and checkpoints due after iteration `it`."""
-    t, n = cfg.train, it + 1
-    end_of_stage = n == stage["end"]
-    if stage["name"] == "warmup" and end_of_stage:
+def run_stage(run: Run, cfg: Config, stage: Stage, out: Path, tools: LoopTools) -> bool:
+    """The stage's iterations from run.iteration; True when stopped (last.pt written), False at its end."""
+    begin = max(run.iteration, stage.start)
+    src_it, tgt_it = streams(cfg, run.data, begin, stage.end, dist.rank(), run.device.type == "cuda",
+                             target=stage.uses_target_images)
+    if stage.name == "adapt" and not run.history.before_recorded:
+        record_before(run, cfg, out, begin)  # no warm-up stage in this run: "before" = initial model
+    for it in range(begin, stage.end):
+        lr = O.set_lr(run.optimizer, O.lr_factor(it - stage.start, stage.length, cfg.optim.warmup_iters,
+                                                 cfg.optim.poly_power))
+        step = make_step(run, cfg, it, next(src_it), tgt := next(tgt_it), tools.amp)
+        buffers = snapshot_buffers(run)  # the forward passes update BatchNorm statistics
+        losses = train_step(step, stage.methods)
+        run.monitor.observe(step, tgt)  # its labels, if any, are only counted for monitoring
+        losses["total"] = sum(losses.values())
+        finite, stopping = step_flags(losses, tools.stop, it)
+        gnorm = optimize(run, cfg, losses, tools.params) if finite else None
+        if gnorm is None:
+            gnorm = skip_step(run, buffers, it, out, "non-finite gradient" if finite else "non-finite loss")
+        else:
+            run.bad_in_a_row = 0
+            update_state(run, cfg, step, stage.methods)
+        run.iteration = it + 1
+        tools.bar.update(1)
+        tools.log.add(losses, step.metrics)
+        if run.iteration % cfg.train.log_every == 0 or run.iteration == stage.end:
+            row = tools.log.flush(run.iteration, stage.name, lr, gnorm, domains=1 + (step.target_image is not None))
+            tools.bar.set_postfix(loss=f"{row['total']:.3f}", it_s=f"{row['it_per_s']:.2f}", refresh=False)
+            run.monitor.flush(run.iteration, run.teacher)
+        after_step(run, cfg, stage, out)
+        if run.monitor.stop_requested:  # collapse guard with monitor.on_collapse=stop|rollback: finish here
+            run.monitor.rollback(run.teacher, run.student)
+            run.done = True
+            return True
+        if stopping or (tools.stop_after is not None and tools.log.steps >= tools.stop_after):
+            if run.saved_at != run.iteration:
+                save(run, out)
+            if stopping and dist.is_main():
+                tqdm.write(f"stopped at iteration {run.iteration}: {out / 'last.pt'} holds the run "
+                           f"(continue with --resume)")
+            return True
+    return False
+
+
+def after_step(run: Run, cfg: Config, stage: Stage, out: Path) -> None:
+    """Checkpoints and evaluations due after the step: the end-of-stage save comes before its evaluation."""
+    t, n = cfg.train, run.iteration
+    end_of_stage = n == stage.end
+    if (t.ckpt_every and n % t.ckpt_every == 0) or end_of_stage:
+        save(run, out)
+    if stage.name == "warmup" and end_of_stage:
         record_before(run, cfg, out, n)
-    elif stage["name"] == "adapt" and t.eval_every and n % t.eval_every == 0 and not end_of_stage:
+    elif stage.name == "adapt" and t.eval_every and n % t.eval_every == 0 and not end_of_stage and run.data.val:
         result = eval_teacher(run, cfg, full=False) if dist.is_main() else None
         if result:
             append_jsonl(out / "metrics.jsonl", {"iter": n, "stage": "eval", "miou": result["miou"]})
             tqdm.write(f"iteration {n}: target mIoU {result['miou']:.2f}")
         dist.barrier()
-    if (t.ckpt_every and n % t.ckpt_every == 0) or end_of_stage:
-        save(run, out, n)
+    if stage.name == "adapt" and t.eval_every and n % t.eval_every == 0 and not end_of_stage:
+        run.monitor.evaluate(n, run)  # label-free score beside the mIoU above, best_unsupervised.pt
 
 
-def record_before(run: dict, cfg: Config, out: Path, iteration: int) -> None:
+def record_before(run: Run, cfg: Config, out: Path, iteration: int) -> None:
     """Target mIoU and sample predictions of the teacher before adaptation (end of the warm-up).
 
     Rank 0 evaluates; every rank records that it happened (the flag decides a barrier, so all must agree).
     """
-    run["history"]["before_recorded"] = True
-    if dist.is_main():
+    run.history.before_recorded = True
+    if dist.is_main() and run.data.val is not None:
         result = eval_teacher(run, cfg, full=True)
-        run["history"]["before"] = result
-        run["history"]["before_samples"] = viz.sample_predictions(run["teacher"], run["data"]["val"],
-                                                                  cfg.train.samples, run["device"])
+        run.history.before = result
+        run.history.before_samples = viz.sample_predictions(run.teacher, run.data.val, cfg.train.samples,
+                                                            run.device)
         append_jsonl(out / "metrics.jsonl", {"iter": iteration, "stage": "eval", "miou": result["miou"]})
         tqdm.write(f"before adaptation: target mIoU {result['miou']:.2f}")
     dist.barrier()
+    run.monitor.evaluate(iteration, run)
 
 
-def save(run: dict, out: Path, iteration: int) -> None:
+def save(run: Run, out: Path) -> None:
+    """last.pt at run.iteration (rank 0), only if every tensor in it is finite: else the previous last.pt stays."""
     if dist.is_main():
-        save_checkpoint(out / "last.pt", checkpoint_payload(run, iteration))
+        payload = checkpoint_payload(run, run.iteration)
+        bad = non_finite({k: payload[k] for k in ("model", "teacher", "optimizer", "heads", "methods")})
+        if bad:
+            held = f"holds iteration {run.saved_at}" if run.saved_at is not None else "was not written"
+            raise NonFiniteLoss(f"iteration {run.iteration}: the training state is no longer finite ({len(bad)} "
+                                f"tensors, e.g. {', '.join(bad[:3])}): lower optim.lr; {out / 'last.pt'} {held}")
+        save_checkpoint(out / "last.pt", payload)
+    run.saved_at = run.iteration
     dist.barrier()
 
 
-def finish(run: dict, cfg: Config, stages: list[dict], out: Path) -> dict:
+def finish(run: Run, cfg: Config, stages: list[Stage], out: Path) -> dict:
     """Final evaluation, final.json / final.pt, pictures and the before/after table."""
     result: dict = {}
     if dist.is_main():
-        after = eval_teacher(run, cfg, full=True)
-        append_jsonl(out / "metrics.jsonl", {"iter": stages[-1]["end"], "stage": "eval", "miou": after["miou"]})
-        before = run["history"].get("before")
-        result = {"miou": after["miou"], "per_class": after["per_class"], "protocol": cfg.data.protocol,
-                  "method": cfg.train.method, "iterations": stages[-1]["end"], "before": before,
-                  "wall_time_s": elapsed(run), "peak_memory_mb": peak_memory_mb(run["device"])}
-        (out / "final.json").write_text(json.dumps(result, indent=2))
-        payload = checkpoint_payload(run, stages[-1]["end"])
+        end = stages[-1].end
+        after = eval_teacher(run, cfg, full=True) if run.data.val is not None else None
+        if after:
+            append_jsonl(out / "metrics.jsonl", {"iter": end, "stage": "eval", "miou": after["miou"]})
+        before = run.history.before
+        result = {"miou": after["miou"] if after else None, "per_class": after["per_class"] if after else None,
+                  "protocol": cfg.data.protocol, "method": cfg.train.method, "iterations": end, "before": before,
+                  "evaluated": after is not None, "wall_time_s": elapsed(run),
+                  "peak_memory_mb": peak_memory_mb(run.device)}
+        result["unsupervised"] = run.monitor.finish(end, run)  # selection, collapse warnings, pseudo_labels.png
+        write_json(out / "final.json", result)
+        payload = checkpoint_payload(run, end)
         save_checkpoint(out / "final.pt", {k: payload[k] for k in ("teacher", "model", "config", "model_spec",
                                                                    "iteration")})
         viz.curves(out / "metrics.jsonl", out / "curves.png")
-        after_samples = viz.sample_predictions(run["teacher"], run["data"]["val"], cfg.train.samples, run["device"])
-        viz.samples(run["data"]["val"], run["history"].get("before_samples"), after_samples, out / "samples.png")
-        print(summary_table(before, after, stages, cfg))
-        print(f"run folder: {out}  (final.json, final.pt, metrics.jsonl, curves.png, samples.png)")
+        if after:
+            after_samples = viz.sample_predictions(run.teacher, run.data.val, cfg.train.samples, run.device)
+            viz.samples(run.data.val, run.history.before_samples, after_samples, out / "samples.png")
+            print(summary_table(before, after, stages, cfg))
+        else:
+            print(f"trained {end} iterations without evaluation (train.evaluate=false / --no-eval)")
+        print(f"run folder: {out}  (final.json, final.pt, metrics.jsonl, curves.png"
+              f"{', samples.png' if after else ''})")
     dist.barrier()
     return result
 
 
-def summary_table(before: dict | None, after: dict, stages: list[dict], cfg: Config) -> str:
+def summary_table(before: dict | None, after: dict, stages: list[Stage], cfg: Config) -> str:
     lines = [format_table(after, before=before)]
     head = f"target mIoU ({cfg.data.protocol} classes)"
     lines.append(f"\n{'':<34}{head}")
     if before:
-        start = (f"{stages[0]['spec']} warm-up" if stages[0]["name"] == "warmup"
+        start = (f"{stages[0].spec} warm-up" if stages[0].name == "warmup"
                  else f"from {Path(cfg.train.init).name}" if cfg.train.init else "initial weights")
         lines.append(f"{'before: ' + start:<34}{before['miou']:>8.2f}")
     delta = f"  ({after['miou'] - before['miou']:+.2f})" if before else ""
@@ -409,10 +537,18 @@ def summary_table(before: dict | None, after: dict, stages: list[dict], cfg: Con
     return "\n".join(lines)
 
 
+def check_data(cfg: Config) -> int:
+    """--check-data: build and check every input of the config, print the summaries, train nothing."""
+    check_inputs(build_datasets(validate(copy.deepcopy(cfg))))
+    print("data check passed")
+    return 0
+
+
 # ----------------------------------------------------------------------------- CLI
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m udaseg.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", help="YAML file of values that differ from the defaults (udaseg/config.py)")
+    p.add_argument("--config", help="YAML file of values that differ from the defaults (udaseg/config.py), or the "
+                   "name of one in udaseg/configs")
     p.add_argument("--source", help="labelled source NAME[:ROOT]: gta5, synthia, cityscapes, folder, synthetic")
     p.add_argument("--target", help="unlabelled target dataset NAME[:ROOT]")
     p.add_argument("--method", help="plug-ins joined by '+': source_only, self_training, dida, cpsl, ...")
@@ -423,7 +559,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", help="auto, cpu or cuda")
     p.add_argument("--seed", type=int)
     p.add_argument("--out", help="run folder (default runs/<method>-<time>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    mode.add_argument("--overwrite", action="store_true", help="replace the run --out holds (its files are deleted)")
+    p.add_argument("--no-eval", action="store_true", help="no evaluation: the val split need not be labelled")
+    p.add_argument("--check-data", action="store_true", help="only check every input pair, print a summary, exit")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. optim.lr=3e-4")
     return p.parse_args(argv)
 
@@ -448,22 +588,28 @@ FLAG_KEYS = {"source": "data.source", "target": "data.target", "method": "train.
              "device": "train.device", "seed": "train.seed"}
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str]) -> int:
     args = parse_args(argv)
     flags = [f"{key}={getattr(args, name)}" for name, key in FLAG_KEYS.items() if getattr(args, name) is not None]
+    flags += ["train.evaluate=false"] if args.no_eval else []
+    config_file = shipped_config(args.config) if args.config else None
+    resume = args.resume or dist.restarted()
+    if resume and not config_file and args.out and (Path(args.out) / "config.yaml").exists():
+        config_file = Path(args.out) / "config.yaml"  # resume with the run's own resolved config
+    cfg = load_config(config_file, flags + args.set)
+    if args.check_data:
+        return check_data(cfg)
+    out = Path(args.out or f"runs/{cfg.train.method.replace('+', '-')}-{time.strftime('%Y%m%d-%H%M%S')}")
     try:
-        config_file = shipped_config(args.config) if args.config else None
-        if args.resume and not config_file and args.out and (Path(args.out) / "config.yaml").exists():
-            config_file = Path(args.out) / "config.yaml"  # resume with the run's own resolved config
-        cfg = load_config(config_file, flags + args.set)
-        out = Path(args.out or f"runs/{cfg.train.method.replace('+', '-')}-{time.strftime('%Y%m%d-%H%M%S')}")
-        train(cfg, out, resume=args.resume)
-    except (ConfigError, ValueError, FileNotFoundError, NonFiniteLoss) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        train(cfg, out, resume=args.resume, overwrite=args.overwrite)
     finally:
         dist.shutdown()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point: a user's mistake or an OS error is one line on stderr and exit code 2 (udaseg.cli)."""
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,13 @@
 #include <stdexcept>
 #include <string>
 
+#include "udaseg/engine_meta.hpp"
 #include "udaseg/image_io.hpp"
 #include "udaseg/prepost.hpp"
+#include "udaseg/tensor_types.hpp"
+#ifdef UDASEG_WITH_TENSORRT
+#include "udaseg/trt_segmenter.hpp"
+#endif
 
 namespace py = pybind11;
 using u8_array = py::array_t<std::uint8_t, py::array::c_style | py::array::forcecast>;
@@ -36,6 +41,24 @@ RowView image_view(const py::array_t<std::uint8_t>& image) {
 void check_chw(const f32_array& logits) {
     if (logits.ndim() != 3) throw std::invalid_argument("logits must be (C, H, W) float32");
 }
+
+// EngineMetadata as a dict with the field names of the C++ struct (what a C++ program sees).
+py::dict metadata_dict(const udaseg::EngineMetadata& m) {
+    py::dict d;
+    d["schema"] = m.schema;
+    d["input_name"] = m.input_name, d["input_layout"] = m.input_layout, d["input_dtype"] = m.input_dtype;
+    d["channel_order"] = m.channel_order, d["input_shape"] = m.input_shape, d["resize"] = m.resize;
+    d["host_mean"] = m.host_normalize.mean, d["host_std"] = m.host_normalize.std;
+    d["graph_normalizes"] = m.graph_normalizes, d["graph_mean"] = m.graph_mean, d["graph_std"] = m.graph_std;
+    d["profile_min"] = m.profile_min, d["profile_opt"] = m.profile_opt, d["profile_max"] = m.profile_max;
+    d["output_names"] = m.output_names, d["labels_output"] = m.labels_output, d["logits_output"] = m.logits_output;
+    d["labels_dtype"] = m.labels_dtype, d["num_classes"] = m.num_classes, d["class_names"] = m.class_names;
+    d["palette"] = m.palette, d["ignore_index"] = m.ignore_index, d["protocol"] = m.protocol;
+    d["protocol_classes"] = m.protocol_classes, d["precision"] = m.precision;
+    return d;
+}
+
+udaseg::TensorType tensor_type(int code) { return static_cast<udaseg::TensorType>(code); }
 
 }  // namespace
 
@@ -121,6 +144,46 @@ PYBIND11_MODULE(_runtime, m) {
         std::copy(p.begin(), p.end(), out.mutable_data());
         return out;
     });
+
+    m.def("parse_engine_metadata", [](const std::string& text) { return metadata_dict(udaseg::parse_engine_metadata(text)); },
+          py::arg("text"), "<engine>.json text (or its runtime block) -> dict of EngineMetadata fields");
+    m.def("read_engine_metadata", [](const std::string& path) { return metadata_dict(udaseg::read_engine_metadata(path)); },
+          py::arg("path"), "<engine>.json -> dict of EngineMetadata fields");
+
+    m.def("tensor_type_bits", [](int code) { return udaseg::tensor_type_bits(tensor_type(code)); }, py::arg("code"),
+          "bits per element of nvinfer1::DataType value `code` (4 for the packed int4/fp4)");
+    m.def("tensor_type_name", [](int code) { return udaseg::tensor_type_name(tensor_type(code)); }, py::arg("code"));
+    m.def("tensor_bytes", [](int code, std::size_t count) { return udaseg::tensor_bytes(tensor_type(code), count); },
+          py::arg("code"), py::arg("count"), "bytes of `count` elements (packed types rounded up to whole bytes)");
+
+#ifdef UDASEG_WITH_TENSORRT
+    py::class_<udaseg::TrtSegmenter>(m, "TrtSegmenter", "a TensorRT engine with the C++ pre/post-processing")
+        .def(py::init<const std::string&, int, int, int, const std::string&>(), py::arg("engine"),
+             py::arg("height") = 0, py::arg("width") = 0, py::arg("device") = 0, py::arg("metadata") = "")
+        .def("segment", [](udaseg::TrtSegmenter& self, const py::array_t<std::uint8_t>& image, bool with_confidence) {
+            const RowView v = image_view(image);
+            udaseg::Segmentation s;
+            {
+                py::gil_scoped_release release;
+                s = self.segment(v.data, v.height, v.width, v.row_stride, with_confidence);
+            }
+            py::dict out;
+            py::array_t<std::uint8_t> labels({s.height, s.width}), color({s.height, s.width, 3});
+            std::copy(s.labels.begin(), s.labels.end(), labels.mutable_data());
+            std::copy(s.color.begin(), s.color.end(), color.mutable_data());
+            out["labels"] = labels, out["color"] = color;
+            if (!s.confidence.empty()) {
+                py::array_t<float> conf({s.height, s.width});
+                std::copy(s.confidence.begin(), s.confidence.end(), conf.mutable_data());
+                out["confidence"] = conf;
+            }
+            return out;
+        }, py::arg("image"), py::arg("with_confidence") = false, "(H, W, 3) uint8 RGB -> labels, color[, confidence]")
+        .def_property_readonly("input_height", &udaseg::TrtSegmenter::input_height)
+        .def_property_readonly("input_width", &udaseg::TrtSegmenter::input_width)
+        .def_property_readonly("num_classes", &udaseg::TrtSegmenter::num_classes)
+        .def_property_readonly("metadata", [](const udaseg::TrtSegmenter& self) { return metadata_dict(self.metadata()); });
+#endif
 
     m.def("read_pnm", [](const std::string& path) {
         const udaseg::Image img = udaseg::read_pnm(path);

@@ -123,3 +123,97 @@ def make_folder(root: Path, n: int = 3, seed: int = 0, yaml_text: str | None = N
         save_png(root / "masks" / f"img{i}.png", mask)
         masks.append(mask)
     return masks
+
+
+TRAIN_IDS = np.array(list(range(19)) + [255])
+
+
+def save_jpg(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)).save(path, quality=95)
+
+
+def make_acdc(root: Path, conditions=("fog", "night"), seed: int = 0) -> dict[str, np.ndarray]:
+    """ACDC tree: per condition two train frames and one val frame (labelTrainIds), one test frame (no label)
+    and one train_ref frame. Returns {image path: train-id label}."""
+    rng = np.random.default_rng(seed)
+    labels = {}
+    for cond in conditions:
+        for split, n in (("train", 2), ("val", 1), ("test", 1), ("train_ref", 1)):
+            for k in range(n):
+                seq = f"GOPR04{k % 2}{len(cond)}"
+                ref = split.endswith("_ref")
+                stem = f"{seq}_frame_{k:06d}"
+                img = root / "rgb_anon" / cond / split / seq / f"{stem}_rgb{'_ref' if ref else ''}_anon.png"
+                save_png(img, rgb(rng))
+                if split in ("train", "val"):
+                    lbl = rng.choice(TRAIN_IDS, size=(H, W))
+                    save_png(root / "gt" / cond / split / seq / f"{stem}_gt_labelTrainIds.png", lbl)
+                    save_png(root / "gt" / cond / split / seq / f"{stem}_gt_labelColor.png", rgb(rng))
+                    labels[str(img)] = lbl
+    return labels
+
+
+def make_darkzurich(root: Path, seed: int = 0) -> dict[str, np.ndarray]:
+    """Dark Zurich tree: train night x2, twilight x1, day x1 (no labels); val night x2 with labelTrainIds; test
+    night x1. Returns {image path: train-id label} of the val frames."""
+    rng = np.random.default_rng(seed)
+    labels = {}
+    for split, time, n in (("train", "night", 2), ("train", "twilight", 1), ("train", "day", 1), ("val", "night", 2),
+                           ("test", "night", 1)):
+        for k in range(n):
+            seq = f"GOPR03{k}{len(time)}"
+            stem = f"{seq}_frame_{k:06d}"
+            img = root / "rgb_anon" / split / time / seq / f"{stem}_rgb_anon.png"
+            save_png(img, rgb(rng))
+            if split == "val":
+                lbl = rng.choice(TRAIN_IDS, size=(H, W))
+                save_png(root / "gt" / split / time / seq / f"{stem}_gt_labelTrainIds.png", lbl)
+                save_png(root / "gt" / split / time / seq / f"{stem}_gt_labelIds.png", np.full((H, W), 7))
+                labels[str(img)] = lbl
+    return labels
+
+
+def make_bdd100k(root: Path, seed: int = 0) -> dict[str, np.ndarray]:
+    """BDD100K sem-seg tree: train x2, val x1 (JPEG images, train-id PNG masks), test x1 without masks."""
+    rng = np.random.default_rng(seed)
+    labels = {}
+    for split, n in (("train", 2), ("val", 1), ("test", 1)):
+        for _ in range(n):
+            name = f"{rng.integers(16**7):08x}-{rng.integers(16**7):08x}"
+            img = root / "images" / "10k" / split / f"{name}.jpg"
+            save_jpg(img, rgb(rng))
+            if split != "test":
+                lbl = rng.choice(TRAIN_IDS, size=(H, W))
+                save_png(root / "labels" / "sem_seg" / "masks" / split / f"{name}.png", lbl)
+                labels[str(img)] = lbl
+    return labels
+
+
+def make_mapillary(root: Path, version: str = "v1.2", names=None, legacy: bool = False,
+                   seed: int = 0) -> dict[str, np.ndarray]:
+    """Mapillary Vistas tree (training x2, validation x1, testing x1) with palette-PNG labels of `version` and its
+    config JSON (class list `names`, default the published one). `legacy`: v1.2 labels in <split>/labels/.
+    Returns {image path: raw label values}."""
+    import json
+
+    from udaseg.data.mapillary import CLASSES
+
+    rng = np.random.default_rng(seed)
+    names = list(names or CLASSES[version])
+    (root).mkdir(parents=True, exist_ok=True)
+    (root / f"config_{version}.json").write_text(json.dumps(
+        {"labels": [{"name": n, "readable": n, "color": [0, 0, 0], "instances": False, "evaluate": True}
+                    for n in names], "version": version}))
+    labels = {}
+    for split, n in (("training", 2), ("validation", 1), ("testing", 1)):
+        for k in range(n):
+            key = f"{split[:2]}{k}_{rng.integers(10**6)}"
+            img = root / split / "images" / f"{key}.jpg"
+            save_jpg(img, rgb(rng))
+            if split != "testing":
+                raw = rng.integers(0, len(names), (H, W))
+                label_dir = root / split / "labels" if legacy else root / split / version / "labels"
+                save_png(label_dir / f"{key}.png", raw, palette=True)
+                labels[str(img)] = raw
+    return labels

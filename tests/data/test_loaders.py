@@ -9,6 +9,7 @@ import torch
 from data_fixtures import H, W, make_cityscapes, make_folder, make_gta5, make_synthia, rgb, save_png
 
 from udaseg.data import DatasetError, DatasetWarning, LabelWarning, build_dataset, parse_spec
+from udaseg.data.check import check_dataset
 from udaseg.data.labels import CITYSCAPES_LUT, SYNTHIA_LUT
 
 
@@ -100,8 +101,8 @@ def test_size_mismatch_names_both_files(tmp_path):
     ds = build_dataset(f"gta5:{tmp_path}")
     with pytest.raises(DatasetError, match=r"images/00001\.png is 20x14.*labels/00001\.png is 20x12"):
         ds[1]
-    with pytest.raises(DatasetError, match="1 bad pairs"):
-        ds.validate()
+    with pytest.raises(DatasetError, match=r"1 of 2 pairs cannot be used:\n.*images/00001\.png is 20x14"):
+        check_dataset(ds, "source", require_labels=True, progress=False)
     ds = build_dataset(f"gta5:{tmp_path}", size_mismatch="resize")
     assert ds[1]["label"].shape == (H + 2, W)
 
@@ -176,19 +177,20 @@ def test_spec_parsing():
         build_dataset("cityscapes")
 
 
-def test_train_crop_flip_deterministic_and_picklable(tmp_path):
+def test_items_are_whole_images_and_picklable(tmp_path):
     make_gta5(tmp_path, n=2)
-    ds = build_dataset(f"gta5:{tmp_path}", crop_size=(8, 8), scale_range=(0.5, 2.0), flip=True)
-    a = ds.get(0, torch.Generator().manual_seed(3))
-    b = pickle.loads(pickle.dumps(ds)).get(0, torch.Generator().manual_seed(3))
-    assert a["image"].shape == (3, 8, 8) and a["label"].shape == (8, 8)
+    ds = build_dataset(f"gta5:{tmp_path}")
+    a, b = ds[1], pickle.loads(pickle.dumps(ds))[1]
+    assert a["image"].shape == (3, H, W) and a["label"].shape == (H, W)
     assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
+    with pytest.raises(DatasetError, match="has no option 'crop_size'.*size_mismatch"):
+        build_dataset(f"gta5:{tmp_path}", crop_size=8)  # crops are engine.data.TrainView's
 
 
 def test_dataloader_workers_report_the_file(tmp_path):
     make_gta5(tmp_path, n=2)
     (tmp_path / "images" / "00001.png").write_bytes(b"garbage")
-    ds = build_dataset(f"gta5:{tmp_path}", crop_size=8)
+    ds = build_dataset(f"gta5:{tmp_path}")
     loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=1)
     with pytest.raises(DatasetError, match=r"images/00001\.png"):
         next(iter(loader))

@@ -74,12 +74,12 @@ def test_generate_same_bytes_and_cache(tmp_path):
 
 
 def test_build_dataset_roles(tmp_path):
-    src = build_dataset(f"synthetic:{tmp_path}", role="source", count=3, crop_size=64, flip=True)
+    src = build_dataset(f"synthetic:{tmp_path}", role="source", count=3)
     tgt = build_dataset(f"synthetic:{tmp_path}", role="target", count=3)
     explicit = build_dataset(f"synthetic_source:{tmp_path}", role="target", count=3)
     assert src.name == explicit.name == "synthetic_source" and tgt.name == "synthetic_target"
     item = src[0]
-    assert item["image"].shape == (3, 64, 64) and item["label"].shape == (64, 64)
+    assert item["image"].shape == (3, 128, 256) and item["label"].shape == (128, 256)
     assert tgt[0]["image"].shape == (3, 128, 256)
     assert (tmp_path / "source" / "train-128x256-n3-seed0" / "meta.json").exists()
     val = build_dataset(f"synthetic:{tmp_path}", split="val", count={"train": 3, "val": 2})

@@ -41,7 +41,8 @@ def fake_step(b=2, h=3, w=4, scale=2, seed=1) -> Step:
                 teacher_target={"probs": probs, "logits": probs.log(),
                                 "features": torch.randn(b, FEAT, h, w, generator=g)},
                 student_source={"features": torch.randn(b, FEAT, h, w, generator=g)},
-                pseudo_label=label, pseudo_weight=torch.ones(b, H, W), pseudo_confidence=probs.amax(1))
+                pseudo_label=label, pseudo_weight=torch.ones(b, H, W), pseudo_confidence=probs.amax(1),
+                class_probs=probs)
 
 
 def sinkhorn_swav(scores, marginal, eps, iters):
@@ -125,8 +126,8 @@ def test_rectification_is_argmax_of_prototype_weight_times_probability():
     w_up = F.interpolate(w, probs.shape[-2:], mode="bilinear", align_corners=False)
     rect = w_up * probs
     assert torch.equal(step.pseudo_label, torch.where(ignored, IGNORE_INDEX, rect.argmax(1)))
-    torch.testing.assert_close(step.extras["class_probs"], rect / rect.sum(1, keepdim=True))
-    assert step.extras["cpsl"]["counts"].tolist() == torch.bincount(  # prior sees the incoming labels
+    torch.testing.assert_close(step.class_probs, rect / rect.sum(1, keepdim=True))
+    assert m.scratch(step)["counts"].tolist() == torch.bincount(  # prior sees the incoming labels
         probs.argmax(1)[~ignored], minlength=C).tolist()
 
 
@@ -200,8 +201,8 @@ def test_only_target_pixels_of_the_mix_are_used():
     step.student_mix = {"features": torch.randn(2, FEAT, 3, 4)}
     m.losses(step)
     weak = weak_keys(m, step)[:, :, 2:].reshape(-1, D)  # the right half only
-    assert step.extras["cpsl"]["sampled"].shape == (12, D)
-    assert {tuple(r.tolist()) for r in step.extras["cpsl"]["sampled"]} == {tuple(r.tolist()) for r in weak}
+    assert m.scratch(step)["sampled"].shape == (12, D)
+    assert {tuple(r.tolist()) for r in m.scratch(step)["sampled"]} == {tuple(r.tolist()) for r in weak}
 
 
 def test_state_dict_roundtrip_with_weights_only_load():

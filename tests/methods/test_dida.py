@@ -15,7 +15,7 @@ from tests.methods.method_helpers import ROOT, triton_kernels_present
 from udaseg.data.labels import IGNORE_INDEX
 from udaseg.methods.base import Step
 from udaseg.methods.dida import DIDA, DIDAOptions, boundary_mask
-from udaseg.methods.momentum import top_per_class
+from udaseg.methods.common import top_per_class
 
 C, FEAT, D = 3, 5, 4
 
@@ -37,7 +37,8 @@ def fake_step(b=2, h=3, w=4, scale=2, seed=1) -> Step:
                 generator=torch.Generator().manual_seed(seed),
                 teacher_target={"probs": probs, "logits": probs.log(), "features": torch.randn(b, FEAT, h, w,
                                                                                                 generator=g)},
-                pseudo_label=label, pseudo_weight=torch.ones(b, H, W), pseudo_confidence=probs.amax(1))
+                pseudo_label=label, pseudo_weight=torch.ones(b, H, W), pseudo_confidence=probs.amax(1),
+                class_probs=probs)
 
 
 def fill_bank(m: DIDA, seed=2) -> None:
@@ -147,7 +148,7 @@ def test_scatter_fuses_bank_distribution_into_pseudo_labels():
     q_up = F.interpolate(q.view(b, h, w, C).permute(0, 3, 1, 2), probs.shape[-2:], mode="bilinear",
                          align_corners=False)
     fused = 0.6 * probs + 0.4 * q_up
-    torch.testing.assert_close(step.extras["class_probs"], fused)
+    torch.testing.assert_close(step.class_probs, fused)
     assert torch.equal(step.pseudo_label, torch.where(ignored, IGNORE_INDEX, fused.argmax(1)))
     torch.testing.assert_close(step.pseudo_confidence, fused.amax(1))
 
@@ -160,7 +161,7 @@ def test_gather_weights_the_instance_target_by_fused_probabilities():
     step.student_mix = {"features": torch.randn(2, FEAT, 3, 4, requires_grad=True)}
     loss = m.losses(step)["instance"]
     # direct formula: t_m ∝ s_m(weak) * P'_{label m}, loss = -sum_m t_m log s_m(strong), mean over pixels
-    weak = step.extras["dida"]["weak"]
+    weak = m.scratch(step)["weak"]
     strong = F.normalize(m.head.net(step.student_mix["features"]), dim=1).permute(0, 2, 3, 1).reshape(-1, D)
     probs = F.adaptive_avg_pool2d(step.teacher_target["probs"], (3, 4)).permute(0, 2, 3, 1).reshape(-1, C)
     s_weak = bank_softmax(weak, m.bank, m.bank_labels, 0.3)

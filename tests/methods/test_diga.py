@@ -166,7 +166,7 @@ def test_first_step_borrows_batch_means_and_update_uses_agreeing_pixels():
     size = feats.shape[-2:]
     from udaseg.methods.common import labels_to_features
 
-    lbl = labels_to_features(step.extras["diga"]["label"], size, C)
+    lbl = labels_to_features(m.scratch(step)["label"], size, C)
     arg = labels_to_features(step.teacher_target["probs"].argmax(1), size, C)
     for k in range(C):
         sel = (lbl == k) & (arg == k)

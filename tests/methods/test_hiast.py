@@ -132,7 +132,7 @@ def test_paste_puts_the_donors_hard_class_pixels_on_the_target_part():
     old_image, old_label, old_weight = step.mix_image.clone(), step.mix_label.clone(), step.mix_weight.clone()
     m.mix(step)
     paste = (donor_label.long() == 1) & ~step.mix_mask  # (B, H, W): donor 0 for both images
-    assert torch.equal(step.extras["hiast"]["paste_mask"], paste)
+    assert torch.equal(m.scratch(step)["paste_mask"], paste)
     exp_image = torch.where(paste[:, None], donor_image.float() / 255, old_image)
     torch.testing.assert_close(step.mix_image, exp_image)
     assert torch.equal(step.mix_label, torch.where(paste, 1, old_label))

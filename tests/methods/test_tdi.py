@@ -93,7 +93,7 @@ def test_target_to_source_mix_pastes_confident_pseudo_labelled_pixels():
     m.mix(step)
     confident = (step.pseudo_label != IGNORE_INDEX) & (step.pseudo_confidence > 0.95)
     assert 0 < confident.float().mean() < 1
-    ex = step.extras["tdi"]
+    ex = m.scratch(step)
     assert torch.equal(ex["image"], torch.where(confident[:, None], step.target_image, step.source_image))
     assert torch.equal(ex["label"], torch.where(confident, step.pseudo_label, step.source_label))
 

@@ -1,20 +1,15 @@
-"""`SegDataset`: a list of (image, label) files, a label reader, a lookup table, and the train-time crop.
+"""`SegDataset`: a list of (image, label) files, a label reader and a lookup table.
 
-Every loader (GTA5, SYNTHIA, Cityscapes, folder, synthetic) is a function that finds the files and returns a
-`SegDataset`; the class itself knows nothing about formats. It is a plain picklable object (paths, a numpy LUT,
-a module-level reader function), so DataLoader workers get a copy.
-
-Randomness: each process (main or worker) owns a `torch.Generator` seeded from `torch.initial_seed()` (which the
-DataLoader sets per worker from its own generator) and the dataset's `seed`, so crops are reproducible given the
-loader's seed and differ between epochs.
+Every loader (GTA5, SYNTHIA, Cityscapes, ACDC, Dark Zurich, BDD100K, Mapillary Vistas, folder, synthetic) is a
+function that finds the files and returns a `SegDataset`; the class itself knows nothing about formats. It is a
+plain picklable object (paths, a numpy LUT, a module-level reader function), so DataLoader workers get a copy.
+Items are whole images: the training crops, scales and flips are `udaseg.engine.data.TrainView`'s.
 """
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,53 +31,42 @@ class LabelWarning(DatasetWarning):
     """Label files hold values the dataset format does not define (they are ignored)."""
 
 
-@dataclass
-class Augment:
-    """Train-time geometry applied in `SegDataset.get` (all off by default: evaluation sees whole images).
-
-    resize: (h, w) every pair is resized to first (bilinear image, nearest label), e.g. GTA5 -> (720, 1280).
-    crop_size: (h, w) random crop; pads with 0 / IGNORE_INDEX when the image is smaller.
-    scale_range: (low, high) random rescale factor before the crop (needs crop_size).
-    flip: random horizontal flip with probability 0.5.
-    cat_max_ratio: retry crops where one class covers more than this fraction (mmseg; DAFormer uses 0.75).
-    """
-
-    resize: tuple[int, int] | None = None
-    crop_size: tuple[int, int] | None = None
-    scale_range: tuple[float, float] | None = None
-    flip: bool = False
-    cat_max_ratio: float | None = None
-
-
 class SegDataset(Dataset):
     """Image/label pairs mapped to train ids. Items: {"image": (3, H, W) float32 in [0, 1], "label": (H, W) int64,
-    "name": str, "index": int}. An index may also be a tuple (i, class[, min_pixels]) from the rare-class
-    sampler: the crop is then retried until it shows that class."""
+    "name": str, "index": int}.
+
+    `labelled` is True when every image has a label file; an unlabelled dataset (target-domain images) gives
+    all-ignore labels and says in `unlabelled_reason` where its labels were looked for (e.g. "ROOT/gtFine/val
+    does not exist"), so a check that needs labels can name the missing folder.
+    """
 
     def __init__(self, files: Sequence[tuple[str, str | None]], *, name: str, root: str, split: str,
-                 lut: np.ndarray, label_reader: LabelReader = read_label, augment: Augment | None = None,
-                 class_names: Sequence[str] = CLASS_NAMES, size_mismatch: str = "error", seed: int = 0):
+                 lut: np.ndarray, label_reader: LabelReader = read_label, class_names: Sequence[str] = CLASS_NAMES,
+                 size_mismatch: str = "error", unlabelled_reason: str = ""):
         if size_mismatch not in ("error", "resize"):
-            raise ValueError(f"size_mismatch must be 'error' or 'resize', got {size_mismatch!r}")
+            raise DatasetError(f"dataset '{name}': size_mismatch must be 'error' or 'resize', found {size_mismatch!r}")
         self.files = [(str(i), None if lb is None else str(lb)) for i, lb in files]
         self.name, self.root, self.split = name, str(root), split
         self.lut, self.label_reader = lut, label_reader
-        self.augment = augment or Augment()
         self.class_names = tuple(class_names)
         self.num_classes = len(self.class_names)
         self.ignore_index = IGNORE_INDEX
         self.size_mismatch = size_mismatch
-        self.seed = seed
+        self.labelled = bool(self.files) and all(lb is not None for _, lb in self.files)
+        self.unlabelled_reason = "" if self.labelled else (unlabelled_reason or "the images have no label files")
         self.unknown_pixels = 0  # pixels with undefined label values seen by this process
         self._warned = False
-        self._gen: torch.Generator | None = None
-        self._gen_key: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __repr__(self) -> str:
-        return f"SegDataset({self.name}, split={self.split}, root={self.root}, n={len(self)}, {self.augment})"
+        kind = "labelled" if self.labelled else "unlabelled"
+        return f"SegDataset({self.name}, split={self.split}, root={self.root}, n={len(self)}, {kind})"
+
+    def describe(self) -> str:
+        """'name:root (split)' for messages."""
+        return f"{self.name}:{self.root} (split {self.split})"
 
     # ---- reading -------------------------------------------------------------------------------------------
     def load_label(self, i: int) -> np.ndarray:
@@ -115,70 +99,23 @@ class SegDataset(Dataset):
         label = self.load_label(i)
         if image.shape[:2] != label.shape:
             if self.size_mismatch == "error":
-                raise DatasetError(
-                    f"image/label size mismatch in dataset '{self.name}': {img_path} is {image.shape[1]}x"
-                    f"{image.shape[0]} (WxH) but {lbl_path} is {label.shape[1]}x{label.shape[0]}; expected equal "
-                    f"sizes. Fix the files, or pass size_mismatch='resize' to resize labels to their image.")
+                raise DatasetError(size_mismatch_message(self.name, img_path, image.shape[:2], lbl_path,
+                                                         label.shape))
             label = T.resize_label(torch.from_numpy(label), image.shape[:2]).numpy()
         return image, label
 
-    def validate(self, limit: int | None = None) -> None:
-        """Check every pair from the file headers only (sizes, readability) and raise one DatasetError listing
-        the problems. Cheap enough to run before a long training run."""
-        problems = []
-        for img_path, lbl_path in self.files[:limit]:
-            try:
-                size = image_size(img_path)
-                if lbl_path is not None and image_size(lbl_path) != size and self.size_mismatch == "error":
-                    problems.append(f"{img_path} {size} vs {lbl_path} {image_size(lbl_path)} (HxW)")
-            except DatasetError as err:
-                problems.append(str(err))
-        if problems:
-            head = "\n  ".join(problems[:10])
-            more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
-            raise DatasetError(f"dataset '{self.name}' ({self.root}): {len(problems)} bad pairs:\n  {head}{more}")
-
-    # ---- items ---------------------------------------------------------------------------------------------
-    def generator(self) -> torch.Generator:
-        """This process's generator (re-seeded when the process or its torch seed changes, e.g. a new worker)."""
-        key = (os.getpid(), torch.initial_seed())
-        if self._gen is None or self._gen_key != key:
-            self._gen = torch.Generator().manual_seed((key[1] * 1_000_003 + self.seed) % (2**63))
-            self._gen_key = key
-        return self._gen
-
-    def get(self, i: int, gen: torch.Generator | None = None,
-            must_contain: tuple[int, int] | None = None) -> dict:
-        """Item i with the dataset's augmentation drawn from `gen` (default: this process's generator)."""
-        gen = gen or self.generator()
-        image, label = self.load(i)
+    def __getitem__(self, i: int) -> dict:
+        image, label = self.load(int(i))
         img = torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0)  # (3, H, W)
-        lbl = torch.from_numpy(label).long()  # (H, W)
-        img, lbl = augment_pair(img, lbl, self.augment, gen, must_contain)
-        return {"image": img.contiguous(), "label": lbl.contiguous(), "name": Path(self.files[i][0]).name,
-                "index": i}
-
-    def __getitem__(self, index: int | tuple[int, ...]) -> dict:
-        if isinstance(index, tuple | list):
-            i, cls = int(index[0]), int(index[1])
-            min_pixels = int(index[2]) if len(index) > 2 else 1
-            return self.get(i, must_contain=(cls, max(1, min_pixels)))
-        return self.get(int(index))
+        return {"image": img.contiguous(), "label": torch.from_numpy(label).long(),
+                "name": Path(self.files[i][0]).name, "index": int(i)}
 
 
-def augment_pair(img: torch.Tensor, lbl: torch.Tensor, aug: Augment, gen: torch.Generator,
-                 must_contain: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Resize, random scale + crop, flip of an image (3, H, W) and its label (H, W)."""
-    if aug.resize is not None:
-        img, lbl = T.resize(img, aug.resize), T.resize_label(lbl, aug.resize)
-    if aug.crop_size is not None:
-        img, lbl = T.random_scale_crop(img, lbl, aug.crop_size, aug.scale_range, gen,
-                                       cat_max_ratio=aug.cat_max_ratio, must_contain=must_contain)
-    elif aug.scale_range is not None:
-        raise ValueError("scale_range needs crop_size (a random rescale without a crop changes the batch shape)")
-    if aug.flip and bool(torch.rand(1, generator=gen) < 0.5):
-        img, lbl = T.hflip(img), T.hflip(lbl)
-    return img, lbl
+def size_mismatch_message(name: str, img_path: str, img_hw: tuple[int, int], lbl_path: str | None,
+                          lbl_hw: tuple[int, int]) -> str:
+    return (f"image/label size mismatch in dataset '{name}': {img_path} is {img_hw[1]}x{img_hw[0]} (WxH) but "
+            f"{lbl_path} is {lbl_hw[1]}x{lbl_hw[0]}; expected equal sizes. Fix the files, or pass "
+            f"size_mismatch='resize' to resize labels to their image.")
 
 
 def layout_error(name: str, root: str | Path, expected: str, found: str) -> DatasetError:
@@ -215,3 +152,49 @@ def pair_by_stem(images: dict[str, Path], labels: dict[str, Path], name: str) ->
                       f"(e.g. {[str(images[k]) for k in lonely_img[:3]]}) and {len(lonely_lbl)} labels without an "
                       f"image (e.g. {[str(labels[k]) for k in lonely_lbl[:3]]})", DatasetWarning, stacklevel=3)
     return [(str(images[k]), str(labels[k])) for k in keys]
+
+
+def match_labels(name: str, root: Path, layout: str, images: Sequence[Path], labels: Sequence[Path],
+                 label_dirs: Sequence[Path], use: bool | None) -> tuple[list[tuple[str, str | None]], str]:
+    """Pair each image with its expected label file: ((image, label or None) pairs, unlabelled reason).
+
+    `use=None`: labels are read when every folder of `label_dirs` exists (then every image needs its label) and
+    the split is unlabelled when none does; `use=True`: required; `use=False`: never read.
+    """
+    if use is False:
+        return [(str(i), None) for i in images], "labels=False was given"
+    present = [d for d in label_dirs if d.is_dir()]
+    if not present and not use:
+        missing = ", ".join(str(d) for d in label_dirs[:3]) + (" ..." if len(label_dirs) > 3 else "")
+        return [(str(i), None) for i in images], f"{missing} does not exist" if len(label_dirs) == 1 else \
+            f"{missing} do not exist"
+    absent = [d for d in label_dirs if not d.is_dir()]
+    if absent:
+        raise layout_error(name, root, layout, f"label folder {absent[0]} is missing ({len(absent)} of "
+                           f"{len(label_dirs)} label folders are); expected one beside each image folder")
+    lonely = [str(lb) for lb in labels if not lb.is_file()]
+    if lonely:
+        raise layout_error(name, root, layout, f"{len(lonely)} of {len(images)} images have no label file: "
+                           f"expected e.g. {lonely[:3]}")
+    return [(str(i), str(lb)) for i, lb in zip(images, labels, strict=True)], ""
+
+
+def find_images(name: str, root: Path, layout: str, folders: Sequence[Path], pattern: str) -> list[Path]:
+    """Sorted files matching `pattern` under each folder; a layout error naming the first missing/empty one."""
+    images: list[Path] = []
+    for folder in folders:
+        found = sorted(folder.glob(pattern))
+        if not found:
+            raise layout_error(name, root, layout, f"no {pattern} files in {folder}: {describe_folder(folder)}")
+        images += found
+    return images
+
+
+def pick_values(name: str, option: str, given, allowed: Sequence[str]) -> list[str]:
+    """A list option checked against its allowed values (a single string counts as a one-element list)."""
+    values = [given] if isinstance(given, str) else list(given) if isinstance(given, (list, tuple)) else None
+    bad = [v for v in values or [] if v not in allowed]
+    if not values or bad:
+        raise DatasetError(f"dataset '{name}': option {option}={given!r}: expected a non-empty list of values from "
+                           f"{list(allowed)}" + (f"; {bad} are not among them" if bad else ""))
+    return values

@@ -2,15 +2,16 @@
 `ROOT/gtFine/<split>/<city>/<stem>_gtFine_labelTrainIds.png` (used when present, e.g. written by DAFormer's or
 cityscapesScripts' converters) or else `<stem>_gtFine_labelIds.png` (mapped through the labelId LUT).
 
-The unlabelled `train_extra`/`test` splits load with `labels=False` (all-ignore labels), as does a target-domain
-train split whose gtFine folder is absent.
+The unlabelled `train_extra`/`test` splits load with `labels=False` (all-ignore labels), as does a split whose
+`gtFine/<split>` folder is absent (target-domain images); such a dataset has `labelled=False`, and the run-input
+check (`udaseg.data.check`) refuses it as a validation set, naming the missing `gtFine/<split>` folder.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from udaseg.data.base import Augment, SegDataset, describe_folder, layout_error, require_root
+from udaseg.data.base import SegDataset, describe_folder, layout_error, require_root
 from udaseg.data.labels import CITYSCAPES_LUT, TRAINID_LUT
 
 LAYOUT = """  ROOT/
@@ -30,8 +31,8 @@ def _find_labels(gt_root: Path, images: list[Path]) -> tuple[list[str] | None, b
     return None, False
 
 
-def cityscapes(root: str | Path, split: str = "train", augment: Augment | None = None, labels: bool | None = None,
-               **kw) -> SegDataset:
+def cityscapes(root: str | Path, split: str = "train", labels: bool | None = None,
+               size_mismatch: str = "error") -> SegDataset:
     """Cityscapes `split` (train/val/test/train_extra). `labels=None`: required, except where gtFine/<split> is
     missing entirely (unlabelled target data); `labels=False`: never read them."""
     root = Path(root).expanduser()
@@ -44,7 +45,9 @@ def cityscapes(root: str | Path, split: str = "train", augment: Augment | None =
     gt_root = root / "gtFine" / split
     use_labels = gt_root.is_dir() if labels is None else labels
     if not use_labels:
-        pairs, lut = [(str(img), None) for img in images], TRAINID_LUT
+        reason = f"{gt_root} does not exist" if labels is None else "labels=False was given"
+        return SegDataset([(str(img), None) for img in images], name="cityscapes", root=str(root), split=split,
+                          lut=TRAINID_LUT, unlabelled_reason=reason, size_mismatch=size_mismatch)
     else:
         found, is_train = _find_labels(gt_root, images)
         if found is None:
@@ -59,4 +62,4 @@ def cityscapes(root: str | Path, split: str = "train", augment: Augment | None =
                                f"*_gtFine_labelIds.png / *_gtFine_labelTrainIds.png label in {gt_root}, e.g. "
                                f"{missing[:3]}")
         pairs, lut = list(zip(map(str, images), found)), TRAINID_LUT if is_train else CITYSCAPES_LUT
-    return SegDataset(pairs, name="cityscapes", root=str(root), split=split, lut=lut, augment=augment, **kw)
+    return SegDataset(pairs, name="cityscapes", root=str(root), split=split, lut=lut, size_mismatch=size_mismatch)

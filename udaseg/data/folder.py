@@ -18,7 +18,8 @@
     mask_suffix: ""
 
 Without per-split subfolders the flat folders are split `train` (or `all`). A split without a masks folder is
-unlabelled (all-ignore labels, for target-domain training), except `val`, which must have masks.
+unlabelled (all-ignore labels, for target-domain training), except `val`, which must have masks; used as the
+labelled source it is refused, naming the missing masks folder. `images`/`masks` must name folders inside ROOT.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from udaseg.data.base import Augment, SegDataset, describe_folder, layout_error, pair_by_stem, require_root
+from udaseg.data.base import SegDataset, describe_folder, layout_error, pair_by_stem, require_root
 from udaseg.data.gta5 import IMAGE_EXTS, index_folder
 from udaseg.data.io import DatasetError
 from udaseg.data.labels import CLASS_NAMES, IGNORE_INDEX, UNKNOWN
@@ -78,7 +79,20 @@ def _train_id(value, names: tuple[str, ...], path: Path) -> int:
                        f"{value!r}")
 
 
-def folder(root: str | Path, split: str = "train", augment: Augment | None = None, **kw) -> SegDataset:
+def _subfolder(root: Path, cfg: dict, key: str, class_file: Path) -> Path:
+    """ROOT/<cfg[key]>, refusing names that leave ROOT (absolute paths, '..'): a dataset's config file may not
+    make the toolkit read (or list in an error) folders outside the dataset."""
+    value = cfg.get(key, key)
+    if not isinstance(value, str) or not value.strip():
+        raise DatasetError(f"{class_file}: '{key}' must be a folder name inside {root}, found {value!r}")
+    rel = Path(value.strip())
+    if rel.is_absolute() or ".." in rel.parts or rel.drive:
+        raise DatasetError(f"{class_file}: '{key}: {value}' points outside the dataset folder; expected a folder "
+                           f"name relative to {root} (no absolute path, no '..')")
+    return root / rel
+
+
+def folder(root: str | Path, split: str = "train", size_mismatch: str = "error") -> SegDataset:
     """Images + masks + classes.yaml (see module docstring)."""
     root = Path(root).expanduser()
     require_root("folder", root, LAYOUT)
@@ -86,7 +100,7 @@ def folder(root: str | Path, split: str = "train", augment: Augment | None = Non
     if not class_file.is_file():
         raise layout_error("folder", root, LAYOUT, f"{class_file} is missing; {describe_folder(root)}")
     lut, names, cfg = load_class_map(class_file)
-    img_dir, mask_dir = root / cfg.get("images", "images"), root / cfg.get("masks", "masks")
+    img_dir, mask_dir = _subfolder(root, cfg, "images", class_file), _subfolder(root, cfg, "masks", class_file)
     if (img_dir / split).is_dir():
         img_dir, mask_dir = img_dir / split, mask_dir / split
     elif split not in ("train", "all"):
@@ -95,10 +109,12 @@ def folder(root: str | Path, split: str = "train", augment: Augment | None = Non
     images = index_folder(img_dir, IMAGE_EXTS)
     if not images:
         raise layout_error("folder", root, LAYOUT, f"no images (.png/.jpg) found: {describe_folder(img_dir)}")
+    reason = ""
     if not mask_dir.is_dir():
         if split == "val":
             raise layout_error("folder", root, LAYOUT, f"split 'val' needs masks: {describe_folder(mask_dir)}")
         pairs: list[tuple[str, str | None]] = [(str(images[k]), None) for k in sorted(images)]
+        reason = f"{mask_dir} does not exist"
     else:
         masks = index_folder(mask_dir, (".png",), suffix=str(cfg.get("mask_suffix", "")))
         pairs = list(pair_by_stem(images, masks, "folder"))
@@ -106,5 +122,5 @@ def folder(root: str | Path, split: str = "train", augment: Augment | None = Non
             raise layout_error("folder", root, LAYOUT, f"no image in {img_dir} has a mask of the same stem in "
                                f"{mask_dir} (mask_suffix '{cfg.get('mask_suffix', '')}'); "
                                f"{describe_folder(mask_dir)}")
-    return SegDataset(pairs, name="folder", root=str(root), split=split, lut=lut, augment=augment,
-                      class_names=names, **kw)
+    return SegDataset(pairs, name="folder", root=str(root), split=split, lut=lut, class_names=names,
+                      size_mismatch=size_mismatch, unlabelled_reason=reason)

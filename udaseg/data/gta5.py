@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from udaseg.data.base import Augment, SegDataset, describe_folder, layout_error, pair_by_stem, require_root
+from udaseg.data.base import SegDataset, describe_folder, layout_error, pair_by_stem, require_root
 from udaseg.data.labels import GTA5_LUT
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
@@ -48,16 +48,16 @@ def select_split(pairs: list[tuple[str, str]], root: Path, split: str, name: str
     return chosen
 
 
-def gta5(root: str | Path, split: str = "train", augment: Augment | None = None, **kw) -> SegDataset:
+def gta5(root: str | Path, split: str = "train", size_mismatch: str = "error") -> SegDataset:
     """GTA5 dataset mapped to the 19 Cityscapes train ids."""
     root = Path(root).expanduser()
     require_root("gta5", root, LAYOUT)
     images, labels = index_folder(root / "images"), index_folder(root / "labels", (".png",))
     if not images or not labels:
-        missing = root / ("images" if not images else "labels")
-        raise layout_error("gta5", root, LAYOUT, f"no image files found: {describe_folder(missing)}")
+        kind, missing = ("image", root / "images") if not images else ("label (.png)", root / "labels")
+        raise layout_error("gta5", root, LAYOUT, f"no {kind} files found: {describe_folder(missing)}")
     pairs = pair_by_stem(images, labels, "gta5")
     if not pairs:
         raise layout_error("gta5", root, LAYOUT, "no image in images/ has a label of the same name in labels/")
     pairs = select_split(pairs, root, split, "gta5", LAYOUT)
-    return SegDataset(pairs, name="gta5", root=str(root), split=split, lut=GTA5_LUT, augment=augment, **kw)
+    return SegDataset(pairs, name="gta5", root=str(root), split=split, lut=GTA5_LUT, size_mismatch=size_mismatch)

@@ -14,12 +14,20 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from udaseg.fileio import UserError, atomic_write
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}  # colour type -> samples per pixel (3 = palette is left to Pillow)
 
 
-class DatasetError(ValueError):
-    """A dataset file or folder is missing, unreadable or inconsistent. The message says which and why."""
+class DatasetError(UserError, ValueError):
+    """A dataset file or folder is missing, unreadable or inconsistent. The message says which and why.
+
+    A `UserError`: the CLIs print the message alone (exit code 2). Also a ValueError for older callers."""
+
+
+DataError = DatasetError
+"""The name the run-input check (`udaseg.data.check`) uses; the same class."""
 
 
 def _open_error(path: str | Path, what: str, err: Exception) -> DatasetError:
@@ -51,6 +59,30 @@ def image_size(path: str | Path) -> tuple[int, int]:
         raise DatasetError(f"file not found: {path}") from err
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
         raise _open_error(path, "file", err) from err
+
+
+def verify_image(path: str | Path) -> tuple[int, int]:
+    """(H, W) of an image file after checking that the file is complete, without decoding its pixels where the
+    format allows: PNG chunks are read and their CRCs checked up to IEND (Pillow's `verify`), a JPEG must end with
+    its end-of-image marker; other formats are decoded. About 10x faster than decoding a PNG."""
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            fmt = im.format
+            if fmt == "PNG":
+                im.verify()
+            elif fmt != "JPEG":
+                im.load()
+        if fmt == "JPEG":
+            with open(path, "rb") as f:
+                f.seek(max(0, Path(path).stat().st_size - 4096))
+                if b"\xff\xd9" not in f.read():
+                    raise OSError("no JPEG end-of-image marker: the file is truncated")
+        return h, w
+    except FileNotFoundError as err:
+        raise DatasetError(f"image file not found: {path}") from err
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+        raise _open_error(path, "image", err) from err
 
 
 def read_label(path: str | Path) -> np.ndarray:
@@ -202,33 +234,20 @@ def _unfilter_wavefront(filt: np.ndarray, ftype: np.ndarray) -> np.ndarray:
     return skewed[r_idx + x_idx, r_idx + 1].astype(np.uint8)  # (H, W, bpp)
 
 
-def write_png16(path: str | Path, array: np.ndarray) -> None:
-    """Write (H, W, C) uint16 data (C in 1..4) as a 16-bit PNG, filter None. Used by tests and tools."""
-    array = np.asarray(array, dtype=np.uint16)
-    if array.ndim == 2:
-        array = array[:, :, None]
-    h, w, c = array.shape
-    color_type = {1: 0, 2: 4, 3: 2, 4: 6}[c]
-    rows = array.astype(">u2").reshape(h, w * c).view(np.uint8)
-    raw = np.concatenate([np.zeros((h, 1), np.uint8), rows], axis=1).tobytes()
-    Path(path).write_bytes(png_bytes(w, h, 16, color_type, zlib.compress(raw)))
+def write_label(path: str | Path, label: np.ndarray, atomic: bool = True) -> None:
+    """Write an (H, W) uint8 label as a grey PNG (atomically: the file appears whole or not at all)."""
+    _save_png(path, Image.fromarray(np.asarray(label, dtype=np.uint8)), atomic)
 
 
-def png_bytes(width: int, height: int, depth: int, color_type: int, idat: bytes) -> bytes:
-    """Assemble a PNG file from an already-compressed IDAT stream."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, depth, color_type, 0, 0, 0)
-    return PNG_SIGNATURE + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+def write_image(path: str | Path, image: np.ndarray, atomic: bool = True) -> None:
+    """Write an (H, W, 3) uint8 image as PNG (atomically unless `atomic=False`, for files in a temporary folder
+    that is renamed into place as a whole)."""
+    _save_png(path, Image.fromarray(np.asarray(image, dtype=np.uint8)), atomic)
 
 
-def write_label(path: str | Path, label: np.ndarray) -> None:
-    """Write an (H, W) uint8 label as a grey PNG."""
-    Image.fromarray(np.asarray(label, dtype=np.uint8)).save(path, compress_level=1)
-
-
-def write_image(path: str | Path, image: np.ndarray) -> None:
-    """Write an (H, W, 3) uint8 image as PNG."""
-    Image.fromarray(np.asarray(image, dtype=np.uint8)).save(path, compress_level=1)
+def _save_png(path: str | Path, im: Image.Image, atomic: bool) -> None:
+    if not atomic:
+        im.save(path, format="PNG", compress_level=1)
+        return
+    with atomic_write(path) as f:  # OS errors become WriteError naming the path
+        im.save(f, format="PNG", compress_level=1)

@@ -6,7 +6,8 @@ array indexed by the raw value, holding the train id, `IGNORE_INDEX` for values 
 is one `np.take`, never a per-pixel Python loop.
 
 Sources: Cityscapes `labels.py` (cityscapesScripts), DAFormer `tools/convert_datasets/{gta,synthia}.py`,
-ProDA protocol index sets (see shared/research/ecosystem.md section 1.1).
+the 16/13-class SYNTHIA protocols as index sets (ProDA, DAFormer). ACDC, Dark Zurich and BDD100K store Cityscapes
+train ids already; Mapillary Vistas' mapping is in `mapillary.py` (docs/datasets.md explains each table).
 """
 
 from __future__ import annotations

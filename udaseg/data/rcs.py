@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from udaseg.fileio import write_json
+
 MIN_PIXEL_FRACTION = 3000 / (1914 * 1052)
 
 
@@ -47,9 +49,14 @@ def compute_counts(dataset, workers: int = 8) -> tuple[np.ndarray, np.ndarray]:
     return hist[:, :c].astype(np.int64), hist.sum(axis=1).astype(np.int64)
 
 
-def class_stats(dataset, cache_dir: str | Path, workers: int = 8) -> np.ndarray:
+def class_stats(dataset, cache_dir: str | Path, workers: int = 8, counts: np.ndarray | None = None,
+                pixels: np.ndarray | None = None) -> np.ndarray:
     """(N, C) int64 class pixel counts per image of `dataset`, read from `cache_dir` (the run folder) when they
-    were already computed for the same dataset (name, root, split, length), else computed and cached there."""
+    were already computed for the same dataset (name, root, split, length), else computed and cached there.
+
+    `counts`/`pixels`: (N, C) / (N,) already at hand (the run-input check's `DataReport.counts`/`.pixels`), so
+    the labels are not decoded a second time; they are cached like computed ones.
+    """
     path = stats_path(dataset, cache_dir)
     key = _key(dataset)
     try:
@@ -58,12 +65,12 @@ def class_stats(dataset, cache_dir: str | Path, workers: int = 8) -> np.ndarray:
             return np.asarray(cached["counts"], dtype=np.int64).reshape(len(dataset), dataset.num_classes)
     except (OSError, ValueError, KeyError):
         pass
-    counts, pixels = compute_counts(dataset, workers)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({"key": key, "classes": list(dataset.class_names), "counts": counts.tolist(),
-                               "pixels": pixels.tolist()}))
-    os.replace(tmp, path)  # atomic: concurrent ranks write identical content
+    if counts is None or pixels is None:
+        counts, pixels = compute_counts(dataset, workers)
+    counts = np.asarray(counts, dtype=np.int64).reshape(len(dataset), dataset.num_classes)
+    # atomic (concurrent ranks write identical content)
+    write_json(path, {"key": key, "classes": list(dataset.class_names), "counts": counts.tolist(),
+                      "pixels": np.asarray(pixels).tolist()}, indent=None)
     return counts
 
 

@@ -27,9 +27,10 @@ from pathlib import Path
 import numpy as np
 
 from udaseg.data import synthetic_scene as S
-from udaseg.data.base import Augment, SegDataset
+from udaseg.data.base import SegDataset
 from udaseg.data.io import DatasetError, write_image, write_label
 from udaseg.data.labels import TRAINID_LUT
+from udaseg.fileio import write_json
 
 VERSION = 1
 DEFAULT_SIZE = (128, 256)  # (H, W)
@@ -201,8 +202,9 @@ def _write_range(out: str, seed: int, domain: str | Domain, split: str, start: i
                  size: tuple[int, int]) -> None:
     for i in range(start, stop):
         image, label = render_scene(seed, domain, split, i, size)
-        write_image(Path(out) / "images" / f"{i:05d}.png", image)
-        write_label(Path(out) / "labels" / f"{i:05d}.png", label)
+        # the whole folder is renamed into place when complete, so single files need no atomic write
+        write_image(Path(out) / "images" / f"{i:05d}.png", image, atomic=False)
+        write_label(Path(out) / "labels" / f"{i:05d}.png", label, atomic=False)
 
 
 def generate(root: str | Path, domain: str, split: str, count: int, size: tuple[int, int] = DEFAULT_SIZE,
@@ -236,7 +238,7 @@ def generate(root: str | Path, domain: str, split: str, count: int, size: tuple[
                 f.result()
     else:
         _write_range(str(tmp), seed, target, split, 0, count, size)
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    write_json(tmp / "meta.json", meta, indent=1)
     if _meta_matches(out, meta):  # another process finished first
         shutil.rmtree(tmp, ignore_errors=True)
         return out
@@ -254,7 +256,7 @@ def _meta_matches(out: Path, meta: dict) -> bool:
 
 def synthetic(root: str | Path | None = None, split: str = "train", domain: str = "target",
               count: int | dict[str, int] | None = None, size: tuple[int, int] = DEFAULT_SIZE, seed: int = 0,
-              workers: int | None = None, augment: Augment | None = None, **kw) -> SegDataset:
+              workers: int | None = None) -> SegDataset:
     """The synthetic benchmark's `domain` (source/target) `split` (train/val), generated on first use.
 
     `count`: images in this split, or a {split: count} dict (defaults: train 600, val 150); `size`: (H, W);
@@ -270,5 +272,4 @@ def synthetic(root: str | Path | None = None, split: str = "train", domain: str 
     size = (int(size[0]), int(size[1]))
     out = generate(root, domain, split, count, size, seed, workers)
     files = [(str(out / "images" / f"{i:05d}.png"), str(out / "labels" / f"{i:05d}.png")) for i in range(count)]
-    return SegDataset(files, name=f"synthetic_{domain}", root=str(root), split=split, lut=TRAINID_LUT,
-                      augment=augment, **kw)
+    return SegDataset(files, name=f"synthetic_{domain}", root=str(root), split=split, lut=TRAINID_LUT)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from udaseg.data.base import Augment, SegDataset, describe_folder, layout_error, pair_by_stem, require_root
+from udaseg.data.base import SegDataset, describe_folder, layout_error, pair_by_stem, require_root
 from udaseg.data.gta5 import index_folder, select_split
 from udaseg.data.io import read_label_channel
 from udaseg.data.labels import SYNTHIA_LUT
@@ -28,17 +28,17 @@ def read_synthia_label(path: str) -> np.ndarray:
     return read_label_channel(path, 0)
 
 
-def synthia(root: str | Path, split: str = "train", augment: Augment | None = None, **kw) -> SegDataset:
+def synthia(root: str | Path, split: str = "train", size_mismatch: str = "error") -> SegDataset:
     """SYNTHIA dataset mapped to the 19 Cityscapes train ids (terrain, truck and train never occur)."""
     root = Path(root).expanduser()
     require_root("synthia", root, LAYOUT)
     images, labels = index_folder(root / "RGB"), index_folder(root / "GT" / "LABELS", (".png",))
     if not images or not labels:
-        missing = root / "RGB" if not images else root / "GT" / "LABELS"
-        raise layout_error("synthia", root, LAYOUT, f"no files found: {describe_folder(missing)}")
+        kind, missing = ("image", root / "RGB") if not images else ("label (.png)", root / "GT" / "LABELS")
+        raise layout_error("synthia", root, LAYOUT, f"no {kind} files found: {describe_folder(missing)}")
     pairs = pair_by_stem(images, labels, "synthia")
     if not pairs:
         raise layout_error("synthia", root, LAYOUT, "no image in RGB/ has a label of the same name in GT/LABELS/")
     pairs = select_split(pairs, root, split, "synthia", LAYOUT)
     return SegDataset(pairs, name="synthia", root=str(root), split=split, lut=SYNTHIA_LUT,
-                      label_reader=read_synthia_label, augment=augment, **kw)
+                      label_reader=read_synthia_label, size_mismatch=size_mismatch)

@@ -4,9 +4,10 @@ Images are float tensors in [0, 1], `(3, H, W)` or `(B, 3, H, W)`; labels are in
 Every random function takes an explicit CPU `torch.Generator`; random numbers are drawn on the CPU and moved to
 the data's device, so results depend only on the generator state, whatever the device.
 
-Borrowed: random scale + crop with `cat_max_ratio` (mmsegmentation RandomCrop), strong view = colour jitter +
-Gaussian blur (DACS `strong_transform`, DAFormer defaults: jitter strength 0.2 with probability 0.2, blur with
-probability 0.5, sigma in [0.15, 1.15]), ClassMix masks (DACS: half of the classes present, rounded up).
+Borrowed: random scale + crop (mmsegmentation RandomCrop; the rare-class re-crop is `engine.data.TrainView`'s),
+strong view = colour jitter + Gaussian blur (DACS `strong_transform`, DAFormer defaults: jitter strength 0.2 with
+probability 0.2, blur with probability 0.5, sigma in [0.15, 1.15]), ClassMix masks (DACS: half of the classes
+present, rounded up).
 """
 
 from __future__ import annotations
@@ -66,31 +67,14 @@ def pad_to(img: torch.Tensor, lbl: torch.Tensor, size: Size) -> tuple[torch.Tens
     return F.pad(img, (0, pw, 0, ph), value=0.0), F.pad(lbl, (0, pw, 0, ph), value=IGNORE_INDEX)
 
 
-def _crop_ok(crop: torch.Tensor, cat_max_ratio: float | None, must_contain: tuple[int, int] | None) -> bool:
-    """mmseg's cat_max_ratio rule (no single class covers more than the ratio) and RCS's class presence rule."""
-    if must_contain is not None and int((crop == must_contain[0]).sum()) < must_contain[1]:
-        return False
-    if cat_max_ratio is not None and cat_max_ratio < 1.0:
-        counts = torch.bincount(crop[crop != IGNORE_INDEX].flatten().long())
-        counts = counts[counts > 0]
-        # mmseg accepts a crop only when it shows at least two classes and none covers cat_max_ratio of it
-        if len(counts) < 2 or counts.max().item() / counts.sum().item() >= cat_max_ratio:
-            return False
-    return True
-
-
 def random_scale_crop(img: torch.Tensor, lbl: torch.Tensor, crop: int | Size, scale_range: tuple[float, float] | None,
-                      gen: torch.Generator, cat_max_ratio: float | None = None,
-                      must_contain: tuple[int, int] | None = None,
-                      tries: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+                      gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Rescale by a random factor, pad if needed, then take a random crop.
 
     Args:
         img: (3, H, W) float image. lbl: (H, W) integer label.
         crop: output (h, w). scale_range: (low, high) factor applied to both sides; None keeps the size.
         gen: CPU generator.
-        cat_max_ratio: retry the crop (up to `tries` times) while one class covers more than this fraction.
-        must_contain: (class, min_pixels): retry while the crop has fewer pixels of the class (rare-class sampling).
     Returns:
         ((3, h, w) image, (h, w) label).
     """
@@ -101,13 +85,9 @@ def random_scale_crop(img: torch.Tensor, lbl: torch.Tensor, crop: int | Size, sc
         img, lbl = resize(img, size), resize_label(lbl, size)
     img, lbl = pad_to(img, lbl, (ch, cw))
     h, w = lbl.shape[-2:]
-    for attempt in range(max(1, tries)):
-        y0 = int(torch.randint(h - ch + 1, (1,), generator=gen))
-        x0 = int(torch.randint(w - cw + 1, (1,), generator=gen))
-        out_lbl = lbl[y0 : y0 + ch, x0 : x0 + cw]
-        if attempt == tries - 1 or _crop_ok(out_lbl, cat_max_ratio, must_contain):
-            break
-    return img[:, y0 : y0 + ch, x0 : x0 + cw], out_lbl
+    y0 = int(torch.randint(h - ch + 1, (1,), generator=gen))
+    x0 = int(torch.randint(w - cw + 1, (1,), generator=gen))
+    return img[:, y0 : y0 + ch, x0 : x0 + cw], lbl[y0 : y0 + ch, x0 : x0 + cw]
 
 
 def _as_batch(img: torch.Tensor) -> tuple[torch.Tensor, bool]:

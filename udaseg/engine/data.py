@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from udaseg.config import ConfigError
+from udaseg.data import photometric as P
 from udaseg.data import transforms as T
 from udaseg.data.rcs import rcs_probabilities
 
@@ -67,7 +69,9 @@ class TrainView(Dataset):
     """Random scale + crop + flip of a dataset's items, driven by the seed the sampler hands over.
 
     With a class to crop around (rare-class sampling), up to 10 crops are tried until one holds at least
-    `min_class_pixels` pixels of that class (DAFormer's re-crop rule).
+    `min_class_pixels` pixels of that class (DAFormer's re-crop rule). With `photometric` (a config.AugmentConfig
+    with some option on), the crop is then colour/style randomised (udaseg/data/photometric.py) from the same seed;
+    FDA takes its amplitude from an image of `style_images` (the target dataset) drawn from that seed too.
     """
 
     def __init__(
@@ -78,9 +82,19 @@ class TrainView(Dataset):
         resize: Sequence[int] = (),
         flip: bool = True,
         min_class_pixels: int = 0,
+        photometric=None,
+        style_images: Dataset | None = None,
     ):
         self.dataset, self.crop, self.scale_range = dataset, tuple(crop), tuple(scale_range)
         self.resize, self.flip, self.min_class_pixels = tuple(resize), flip, min_class_pixels
+        self.photometric = photometric if P.enabled(photometric) else None
+        self.style_images = style_images
+        if self.photometric is not None:
+            bad = P.check(self.photometric)
+            if self.photometric.fda > 0 and (style_images is None or len(style_images) == 0):
+                bad.append(f"augment.fda={self.photometric.fda}: FDA needs target images to take the style from")
+            if bad:
+                raise ConfigError("; ".join(bad))
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -98,7 +112,15 @@ class TrainView(Dataset):
                 break
         if self.flip and torch.rand((), generator=gen) < 0.5:
             img, lbl = T.hflip(img), T.hflip(lbl)
+        if self.photometric is not None:  # after the geometry: with every option off, no draw changes
+            img = P.randomize(img, self.photometric, gen, self._style(gen))
         return {"image": img, "label": lbl, "index": index}
+
+    def _style(self, gen: torch.Generator) -> torch.Tensor | None:
+        """A target image for FDA, drawn from the crop's generator (None when FDA is off)."""
+        if self.photometric.fda <= 0:
+            return None
+        return self.style_images[int(torch.randint(len(self.style_images), (), generator=gen))]["image"]
 
 
 def loader(view: TrainView, sampler: StepSampler, workers: int, pin_memory: bool) -> Iterator[dict]:

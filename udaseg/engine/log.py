@@ -1,4 +1,9 @@
-"""The run's metrics file: one JSON row per logging window, evaluation rows, trimmed on resume."""
+"""The run's metrics file: one JSON row per logging window, evaluation rows, trimmed on resume.
+
+Row keys: `iter`, `stage` (warmup, adapt or eval), `lr`, `grad_norm`, `it_per_s`, `img_per_s`, `miou` (eval rows);
+the loop's own loss terms `source_ce` and `total`; every plug-in's loss terms and metrics as `<plug-in>/<term>`
+(e.g. `self_training/pseudo_ce`). Values are strict JSON: a NaN/inf (a skipped step) is written as null.
+"""
 
 from __future__ import annotations
 
@@ -9,19 +14,32 @@ from pathlib import Path
 import torch
 
 from udaseg import distributed as dist
+from udaseg.fileio import WriteError, describe_os_error, json_text, write_text
 
 
 def append_jsonl(path: Path, row: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    try:
+        with open(path, "a") as f:
+            f.write(json_text(row, indent=None))
+    except OSError as e:
+        raise WriteError(f"cannot write {path}: {describe_os_error(e)}") from e
 
 
 def trim_jsonl(path: Path, last_iteration: int) -> None:
-    """On resume, drop metric rows written after the checkpoint, so curves do not double back."""
+    """On resume, drop metric rows written after the checkpoint, so curves do not double back.
+
+    A line cut short by a crash mid-append is dropped too."""
     if not path.exists():
         return
-    rows = [r for r in path.read_text().splitlines() if r and json.loads(r).get("iter", 0) <= last_iteration]
-    path.write_text("".join(r + "\n" for r in rows))
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and (row.get("iter") or 0) <= last_iteration:
+            rows.append(line)
+    write_text(path, "".join(r + "\n" for r in rows))
 
 
 class MetricLog:

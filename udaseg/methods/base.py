@@ -3,15 +3,18 @@
 One training step is a `Step` record that flows through the plug-ins' hooks, in this order
 (see docs/architecture.md):
 
-    pseudo_labels(step)   teacher output on the weak target view -> step.pseudo_label / pseudo_weight
-    mix(step)             the student's mixed batch -> step.mix_image / mix_label / mix_weight
+    (loop)                teacher on the weak target view -> step.teacher_target
+    pseudo_labels(step)   -> step.pseudo_label / pseudo_weight / pseudo_confidence / class_probs
+    mix(step)             the student's mixed batch -> step.mix_image / mix_label / mix_weight / mix_aligned
     (loop)                student forward on source and on the mixed batch -> step.student_source / student_mix
-    losses(step)          -> {name: scalar}; the loop sums and logs them
+    losses(step)          -> {term: scalar}; the loop sums them and logs each as "<plug-in>/<term>"
     (loop)                backward, optimizer step, EMA teacher update
     update(step)          method state: banks, prototypes, thresholds
 
 A method keeps everything it learns in `state_dict()` (checkpointed, resumed exactly) and makes it equal on all
 ranks in `sync_state()` under DDP. Extra trainable modules (projection heads) come from `modules()`.
+A new method is one file: a `Method` subclass with `@register_method`, imported in `udaseg/methods/__init__.py`
+(docs/architecture.md, "Adding a method").
 """
 
 from __future__ import annotations
@@ -27,7 +30,12 @@ from torch import Tensor, nn
 
 @dataclass
 class Step:
-    """Everything one training step knows. Shapes: images (B, 3, H, W) in [0, 1], labels (B, H, W) int64."""
+    """Everything one training step knows. Shapes: images (B, 3, H, W) in [0, 1], labels (B, H, W) int64.
+
+    The fields are the plug-ins' shared vocabulary: a plug-in reads any of them and writes those its hook sets
+    (the hook order is in the module docstring). What one plug-in carries between its own hooks within a step goes
+    in `Method.scratch(step)`, private to it: plug-ins never talk through it.
+    """
 
     iteration: int
     source_image: Tensor
@@ -37,9 +45,15 @@ class Step:
     student: nn.Module | None = None
     teacher: nn.Module | None = None
     teacher_target: dict[str, Tensor] = field(default_factory=dict)  # logits/probs (B,C,H,W), features (B,F,h,w)
+    # --- pseudo-labels: set by self_training, refined by later plug-ins in the pseudo_labels hook ---
     pseudo_label: Tensor | None = None  # (B, H, W) int64, ignore = 255
     pseudo_weight: Tensor | None = None  # (B, H, W) float, per-pixel loss weight
     pseudo_confidence: Tensor | None = None  # (B, H, W) max class probability behind each pseudo-label
+    class_probs: Tensor | None = None  # (B, C, H, W) the class probabilities behind pseudo_label: the teacher's
+    #                                    softmax (self_training), replaced by a plug-in that relabels from its own
+    #                                    distribution (DIDA's fused P', CPSL's rectified w * p); the next plug-in
+    #                                    refines this one
+    # --- the student's mixed batch: set by self_training, altered by later plug-ins in the mix hook ---
     mix_image: Tensor | None = None  # (B, 3, H, W) what the student sees besides the source batch
     mix_label: Tensor | None = None  # (B, H, W)
     mix_weight: Tensor | None = None  # (B, H, W)
@@ -47,11 +61,16 @@ class Step:
     mix_aligned: Tensor | None = None  # (B, H, W) bool: True where mix_image shows the weak target view's pixel at
     #                                    the same position (not a source pixel, not a pasted donor): where the
     #                                    teacher's output on target_image is a valid per-pixel target
+    # --- set by the loop ---
     student_source: dict[str, Tensor] = field(default_factory=dict)  # logits (B,C,H,W) upsampled, features
     student_mix: dict[str, Tensor] = field(default_factory=dict)
-    extras: dict[str, Any] = field(default_factory=dict)  # what one plug-in leaves for the next (named by plug-in)
-    metrics: dict[str, float] = field(default_factory=dict)  # scalars to log (not losses)
+    metrics: dict[str, float] = field(default_factory=dict)  # scalars to log (not losses), named "<plug-in>/<what>"
     amp: Callable[[], Any] = contextlib.nullcontext  # the loop's autocast context (bf16/fp16 on CUDA)
+    compute_dtype: torch.dtype = torch.float32  # dtype plug-ins hand the udaseg.kernels ops (embeddings, banks,
+    #                                             queues, class probabilities): the autocast dtype on CUDA with
+    #                                             train.amp (tensor cores; the kernels accumulate in float32),
+    #                                             float32 otherwise. Method state stays float32.
+    scratch: dict[str, dict[str, Any]] = field(default_factory=dict)  # per plug-in, see Method.scratch
 
     def forward(self, model: nn.Module, image: Tensor) -> dict[str, Tensor]:
         """Run `model` as the loop does (under its autocast): float32 logits upsampled to the image, features.
@@ -71,12 +90,21 @@ class Method:
     name: ClassVar[str] = "base"
     Options: ClassVar[type | None] = None  # dataclass of the method's options, defaults = the paper's values
     requires: ClassVar[tuple[str, ...]] = ()  # plug-ins that must run before this one (e.g. "self_training")
+    warmup: ClassVar[bool] = False  # a warm-up stage plug-in (`--warmup <alias>`, source data only)
+    warmup_alias: ClassVar[str] = ""  # the --warmup value that selects it, when not its name (diga_warmup: diga)
 
     def __init__(self, options: Any = None, num_classes: int = 19, feature_dim: int = 0, device: str = "cpu"):
         self.options = options
         self.num_classes = num_classes
         self.feature_dim = feature_dim
         self.device = torch.device(device)
+
+    def scratch(self, step: Step) -> dict[str, Any]:
+        """This plug-in's private per-step data (what its pseudo_labels hook leaves for its losses and update).
+
+        Lives and dies with the step; no other plug-in reads it (shared data are typed Step fields).
+        """
+        return step.scratch.setdefault(self.name, {})
 
     # --- the step ---
     def pseudo_labels(self, step: Step) -> None:
@@ -127,6 +155,27 @@ def register_method(cls: type[Method]) -> type[Method]:
         raise ValueError(f"method name {cls.name!r} registered twice")
     REGISTRY[cls.name] = cls
     return cls
+
+
+def warmups() -> dict[str, str]:
+    """{--warmup value: registered plug-in name} of every plug-in that declares itself a warm-up."""
+    return {(cls.warmup_alias or name): name for name, cls in REGISTRY.items() if cls.warmup}
+
+
+def resolve_warmup(name: str) -> str:
+    """The registered plug-in a `--warmup` value names: 'source_only' -> 'source_only', 'diga' -> 'diga_warmup'.
+
+    The registered name itself is accepted too. Raises ConfigError naming the valid warm-ups for anything else.
+    """
+    from udaseg.config import ConfigError
+
+    table = warmups()
+    if name in table:
+        return table[name]
+    if name in table.values():
+        return name
+    raise ConfigError(f"train.warmup={name!r} is not a warm-up; valid: {', '.join(sorted(table))} "
+                      f"(adaptation methods go in train.method / --method)")
 
 
 def resolve_names(spec: str) -> list[str]:

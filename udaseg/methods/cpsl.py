@@ -17,7 +17,10 @@ On top of the common loop:
 - Label rectification: y = argmax_c w_c p_c, w = softmax(cos(weak, P_ema) / tau) (classes: the best prototype of
   each), p the class probabilities behind the pseudo-labels; the rectified labels feed the loop's CE.
 
-What the official code (lslrh/CPSL) does differently (shared/research/dida_cpsl.md), and what we do instead:
+On CUDA with train.amp the embeddings, the queue and the prototypes enter the Sinkhorn scores and the class sums in
+`step.compute_dtype` (bf16/fp16, float32 accumulation); state stays float32. See docs/methods/dida_cpsl.md.
+
+What the official code (lslrh/CPSL) does differently (docs/methods/dida_cpsl.md), and what we do instead:
 - The prior is a fixed file computed offline from the warm-up model; here it is estimated online (EMA of the
   class histogram of the pseudo-labels this plug-in receives), as the paper describes.
 - Queue rows are re-scored there against un-normalised prototypes (not cosine) and the queue is shifted with a
@@ -54,13 +57,15 @@ from udaseg.data.labels import IGNORE_INDEX
 from udaseg.kernels import class_feature_sums, fuse_pseudo_labels, sinkhorn
 from udaseg.methods.base import Method, Step, register_method
 from udaseg.methods.common import (
+    MomentumCopy,
     ProjectionHead,
     class_balanced_sample,
+    embed,
     flatten_pixels,
     labels_to_features,
     sample_pixels,
+    target_region,
 )
-from udaseg.methods.momentum import MomentumCopy, target_region
 from udaseg.models import upsample
 
 
@@ -97,6 +102,12 @@ class Prototypes(nn.Module):
         return F.normalize(self.weight, dim=1)
 
 
+def cosines(emb: Tensor, protos: Tensor) -> Tensor:
+    """(N, K) float32 = emb @ protos.T in emb's dtype (compute_dtype: tensor cores under AMP), then float32 for the
+    softmaxes (the plain-torch losses of this file; the kernels get emb and protos as they are)."""
+    return (emb @ protos.to(emb.dtype).T).float()
+
+
 @register_method
 class CPSL(Method):
     name = "cpsl"
@@ -128,8 +139,8 @@ class CPSL(Method):
         return p.float()
 
     def class_logits(self, emb: Tensor, protos: Tensor) -> Tensor:
-        """(N, C): max over each class's prototypes of cos(emb, P) / tau."""
-        cos = emb @ protos.T  # (N, K)
+        """(N, C) float32: max over each class's prototypes of cos(emb, P) / tau."""
+        cos = cosines(emb, protos)  # (N, K)
         return cos.view(emb.shape[0], self.num_classes, -1).amax(dim=2) / self.options.temperature
 
     def class_weights(self, emb: Tensor) -> Tensor:
@@ -142,7 +153,7 @@ class CPSL(Method):
         sums, counts = class_feature_sums(weak, labels.reshape(-1), self.num_classes)  # (C, D), (C,)
         sums, counts = dist.all_reduce_sum(sums), dist.all_reduce_sum(counts)
         p = self.options.prototypes_per_class
-        means = (sums / counts.clamp(min=1)[:, None].to(sums.dtype)).repeat_interleave(p, dim=0)  # (K, D)
+        means = (sums.float() / counts.clamp(min=1)[:, None].float()).repeat_interleave(p, dim=0)  # (K, D)
         jitter = 0.01 * torch.randn(means.shape, generator=generator).to(means.device) if p > 1 else 0.0
         present = (counts > 0).repeat_interleave(p)[:, None]
         new = torch.where(present, F.normalize(means + jitter, dim=1), self.prototypes.weight)
@@ -154,7 +165,7 @@ class CPSL(Method):
     def pseudo_labels(self, step: Step) -> None:
         """Rectify the pseudo-labels by prototype similarity; keep the incoming class histogram for the prior."""
         o, c = self.options, self.num_classes
-        keys = self.key_head(step.teacher_target["features"])  # (B, D, h, w)
+        keys = embed(step, self.key_head, step.teacher_target["features"])  # (B, D, h, w) in compute_dtype
         b, _, h, w = keys.shape
         weak = flatten_pixels(keys)  # (N, D)
         incoming = step.pseudo_label  # (B, H, W)
@@ -163,7 +174,7 @@ class CPSL(Method):
         ignored = incoming == IGNORE_INDEX
         counts = torch.bincount(incoming[~ignored], minlength=c)  # (C,) class histogram of the pseudo-labels
         if o.rectify:
-            probs = step.extras.get("class_probs", step.teacher_target["probs"])  # (B, C, H, W)
+            probs = step.class_probs  # (B, C, H, W): the teacher's, or what an earlier plug-in fused (DIDA's P')
             w_map = self.class_weights(weak).view(b, h, w, c).permute(0, 3, 1, 2)  # (B, C, h, w)
             rect = upsample(w_map, probs.shape[-2:]) * probs  # (B, C, H, W)
             rect = rect / rect.sum(dim=1, keepdim=True).clamp(min=1e-12)
@@ -171,13 +182,13 @@ class CPSL(Method):
             step.metrics["cpsl/relabelled"] = float(((label != incoming) & ~ignored).float().mean())
             step.pseudo_label = torch.where(ignored, IGNORE_INDEX, label)
             step.pseudo_confidence = confidence
-            step.extras["class_probs"] = rect
-        step.extras["cpsl"] = {"weak": weak, "size": (h, w), "counts": counts}
+            step.class_probs = rect
+        self.scratch(step).update(weak=weak, size=(h, w), counts=counts)
 
     def source_loss(self, step: Step, protos: Tensor) -> Tensor:
         """CE(softmax_c(max_k cos(f_src, P_k) / tau), y_src) on class-balanced labelled source pixels."""
         o = self.options
-        emb_map = self.head(step.student_source["features"])  # (B, D, h, w), differentiable
+        emb_map = embed(step, self.head, step.student_source["features"])  # (B, D, h, w), differentiable
         labels = labels_to_features(step.source_label, emb_map.shape[-2:], self.num_classes).reshape(-1)
         idx = class_balanced_sample(labels, o.source_pixels_per_class, self.num_classes, step.generator)
         if idx.numel() == 0:
@@ -185,11 +196,11 @@ class CPSL(Method):
         return F.cross_entropy(self.class_logits(flatten_pixels(emb_map)[idx], protos), labels[idx])
 
     def losses(self, step: Step) -> dict[str, Tensor]:
-        if not step.student_mix or "cpsl" not in step.extras:
+        o, ex = self.options, self.scratch(step)
+        if not step.student_mix or "weak" not in ex:
             return {}
-        o, ex = self.options, step.extras["cpsl"]
         region = target_region(step, ex["size"])  # (B, h, w)
-        strong = flatten_pixels(self.head(step.student_mix["features"]))  # (N, D), differentiable
+        strong = flatten_pixels(embed(step, self.head, step.student_mix["features"]))  # (N, D), differentiable
         protos = self.prototypes()  # (K, D), differentiable
         out = {"proto_source": o.source_weight * self.source_loss(step, protos)} if o.source_weight > 0 else {}
         idx = sample_pixels(region, region.shape[0] * o.pixels_per_image, step.generator)
@@ -197,12 +208,12 @@ class CPSL(Method):
         ex["sampled"] = weak  # pushed to the queue in update()
         assign = self.assignments(weak, protos.detach())  # (n, K)
         scored = weak if o.self_label_view == "weak" else strong[idx]  # (n, D)
-        log_p = (scored @ protos.T / o.temperature).log_softmax(dim=1)  # (n, K)
+        log_p = (cosines(scored, protos) / o.temperature).log_softmax(dim=1)  # (n, K)
         self_label = -(assign * log_p).sum(dim=1).mean() if idx.numel() else protos.sum() * 0.0
         idx = sample_pixels(region, o.consistency_pixels, step.generator)
         key_protos = self.key_prototypes.module()  # (K, D)
-        target = (ex["weak"][idx] @ key_protos.T / o.temperature).softmax(dim=1)  # (n, K)
-        log_q = (strong[idx] @ key_protos.T / o.temperature).log_softmax(dim=1)
+        target = (cosines(ex["weak"][idx], key_protos) / o.temperature).softmax(dim=1)  # (n, K)
+        log_q = (cosines(strong[idx], key_protos) / o.temperature).log_softmax(dim=1)
         consistency = F.kl_div(log_q, target, reduction="batchmean") if idx.numel() else strong.sum() * 0.0
         return {**out, "self_label": o.self_label_weight * self_label,
                 "consistency": o.consistency_weight * consistency}
@@ -212,8 +223,10 @@ class CPSL(Method):
         """Sinkhorn assignment (n, K) of this step's weak embeddings, clustered together with the queue."""
         if weak.shape[0] == 0:
             return weak.new_zeros(0, protos.shape[0])
-        rows = torch.cat([self.queue[: self.queue_filled], weak.to(self.queue.dtype)])  # (filled + n, D)
-        q = sinkhorn(rows @ protos.T, self.marginal(), self.options.epsilon, self.options.sinkhorn_iters)
+        dt = weak.dtype  # compute_dtype: the queue (float32 state) is read in it, scores on tensor cores
+        rows = torch.cat([self.queue[: self.queue_filled].to(dt), weak])  # (filled + n, D)
+        scores = rows @ protos.to(dt).T  # (filled + n, K), float32 accumulation, rounded to dt
+        q = sinkhorn(scores, self.marginal(), self.options.epsilon, self.options.sinkhorn_iters)
         return q[-weak.shape[0] :]
 
     def update(self, step: Step) -> None:
@@ -221,8 +234,8 @@ class CPSL(Method):
         o = self.options
         self.key_head.update(self.head, o.ema)
         self.key_prototypes.update(self.prototypes, o.ema)
-        ex = step.extras.get("cpsl")
-        if ex is None:
+        ex = self.scratch(step)
+        if "weak" not in ex:
             return
         rows = ex.get("sampled", self.queue.new_zeros(0, o.embed_dim))
         if dist.world_size() == 1:

@@ -15,7 +15,10 @@ On top of the common loop (whose pseudo-label cross-entropy is DIDA's semantic-l
   class probabilities, P' = alpha p + (1 - alpha) q, and the pseudo-labels are regenerated from P'
   (`fuse_pseudo_labels`). Gather: the instance target is t_m ∝ s_m(weak) P'_{label m}.
 
-What the official code (RainJamesY/DIDA) does differently, and why we do not copy it (shared/research/dida_cpsl.md):
+On CUDA with train.amp the embeddings, the bank and the gather weights reach the kernels in `step.compute_dtype`
+(bf16/fp16; the kernels accumulate in float32); the bank is stored in float32. See docs/methods/dida_cpsl.md.
+
+What the official code (RainJamesY/DIDA) does differently, and why we do not copy it (docs/methods/dida_cpsl.md):
 - Scatter is disabled there (a_smooth = 1, and the aggregate adds q to P instead of blending): the released model
   trains on plain DAFormer pseudo-labels. We run both directions, as the paper describes.
 - Similarities there are raw dot products of un-normalised, non-negative features, L1-normalised, with no
@@ -43,13 +46,17 @@ from udaseg.data.labels import IGNORE_INDEX
 from udaseg.kernels import bank_class_logsumexp, fuse_pseudo_labels, instance_consistency_loss
 from udaseg.methods.base import Method, Step, register_method
 from udaseg.methods.common import (
+    MomentumCopy,
     ProjectionHead,
     class_balanced_sample,
+    embed,
     flatten_pixels,
     labels_to_features,
+    pool_probs,
     sample_pixels,
+    target_region,
+    top_per_class,
 )
-from udaseg.methods.momentum import MomentumCopy, pool_probs, target_region, top_per_class
 from udaseg.models import upsample
 
 
@@ -111,17 +118,21 @@ class DIDA(Method):
 
     # --- the step ---
     def bank_probs(self, query: Tensor) -> Tensor | None:
-        """q (N, C): the bank softmax of each query summed per class; None while the bank is empty."""
+        """q (N, C) float32: the bank softmax of each query summed per class; None while the bank is empty.
+
+        The bank (float32 state) is read in the query's dtype: bf16/fp16 queries use tensor cores.
+        """
         if not bool((self.bank_labels >= 0).any()):
             return None
-        lse = bank_class_logsumexp(query, self.bank, self.bank_labels, self.num_classes, self.options.temperature)
+        bank = self.bank.to(query.dtype)
+        lse = bank_class_logsumexp(query, bank, self.bank_labels, self.num_classes, self.options.temperature)
         return lse.softmax(dim=1)  # classes without entries: exp(-inf) = 0
 
     def pseudo_labels(self, step: Step) -> None:
         """Scatter: fuse the teacher's class probabilities with the bank's class distribution of the weak view."""
         o, c = self.options, self.num_classes
-        probs = step.extras.get("class_probs", step.teacher_target["probs"])  # (B, C, H, W)
-        keys = self.key_head(step.teacher_target["features"])  # (B, D, h, w)
+        probs = step.class_probs  # (B, C, H, W), float32
+        keys = embed(step, self.key_head, step.teacher_target["features"])  # (B, D, h, w) in compute_dtype
         b, _, h, w = keys.shape
         weak = flatten_pixels(keys)  # (N, D), N = B*h*w
         q = self.bank_probs(weak)  # (N, C) or None
@@ -129,28 +140,31 @@ class DIDA(Method):
         if q is not None and o.scatter:
             q_map = q.view(b, h, w, c).permute(0, 3, 1, 2)  # (B, C, h, w)
             q_up = upsample(q_map, probs.shape[-2:])  # (B, C, H, W), still a distribution per pixel
+            # float32 here: the probabilities come float32 from the loop, and a cast pass would cost more bytes
+            # than this memory-bound op saves (and near-1 thresholds are not representable in bf16)
             label, confidence = fuse_pseudo_labels(probs, q_up, o.alpha, probs.new_zeros(c))
             ignored = step.pseudo_label == IGNORE_INDEX  # what earlier plug-ins left out stays out
             step.metrics["dida/relabelled"] = float(((label != step.pseudo_label) & ~ignored).float().mean())
             step.pseudo_label = torch.where(ignored, IGNORE_INDEX, label)
             step.pseudo_confidence = confidence
-            step.extras["class_probs"] = o.alpha * probs + (1.0 - o.alpha) * q_up  # for later plug-ins
+            step.class_probs = o.alpha * probs + (1.0 - o.alpha) * q_up  # P': what later plug-ins refine
             weights = o.alpha * weights + (1.0 - o.alpha) * q
         confident = (step.pseudo_confidence >= o.bank_threshold) & (step.pseudo_label != IGNORE_INDEX)
         bank_label = labels_to_features(torch.where(confident, step.pseudo_label, IGNORE_INDEX), (h, w), c)
-        step.extras["dida"] = {"weak": weak, "weights": weights, "size": (h, w), "bank_label": bank_label}
+        self.scratch(step).update(weak=weak, weights=weights, size=(h, w), bank_label=bank_label)
 
     def losses(self, step: Step) -> dict[str, Tensor]:
         """Instance level with gather: CE between the P'-weighted weak-view target and the strong view's softmax."""
-        if not step.student_mix or "dida" not in step.extras:
+        o, ex = self.options, self.scratch(step)
+        if not step.student_mix or "weak" not in ex:
             return {}
-        o, ex = self.options, step.extras["dida"]
-        strong_map = self.head(step.student_mix["features"])  # (B, D, h, w), differentiable
+        strong_map = embed(step, self.head, step.student_mix["features"])  # (B, D, h, w), differentiable
         idx = sample_pixels(target_region(step, ex["size"]), o.instance_pixels, step.generator)  # (n,)
         strong = flatten_pixels(strong_map)[idx]  # (n, D)
         weights = ex["weights"][idx] if o.gather else torch.ones_like(ex["weights"][idx])  # (n, C)
-        loss = instance_consistency_loss(ex["weak"][idx], strong, self.bank, self.bank_labels, weights,
-                                         o.temperature)  # (n,)
+        dt = strong.dtype  # compute_dtype: embeddings, bank and gather weights in one dtype, float32 loss out
+        loss = instance_consistency_loss(ex["weak"][idx], strong, self.bank.to(dt), self.bank_labels,
+                                         weights.to(dt), o.temperature)  # (n,)
         # mean over sampled pixels; 0 * sum keeps the head in the graph when no pixel is sampled (same grads
         # on every rank under DDP)
         total = loss.mean() if loss.numel() else strong_map.sum() * 0.0
@@ -159,7 +173,7 @@ class DIDA(Method):
     def update(self, step: Step) -> None:
         """Key head EMA, then the dynamic bank update (applied now, or in sync_state after gathering under DDP)."""
         self.key_head.update(self.head, self.options.ema)
-        if "dida" not in step.extras:
+        if "weak" not in self.scratch(step):
             return
         emb, lab = self.select_writes(step)
         if dist.world_size() == 1:
@@ -182,8 +196,8 @@ class DIDA(Method):
         own class (1 - q_own = 1 for a class the bank does not hold yet). Source keys are the key head on the
         student's source features of this step (no extra forward pass).
         """
-        ex, c = step.extras["dida"], self.num_classes
-        src_keys = self.key_head(step.student_source["features"].detach())  # (B, D, h, w)
+        ex, c = self.scratch(step), self.num_classes
+        src_keys = embed(step, self.key_head, step.student_source["features"].detach())  # (B, D, h, w)
         src_label = labels_to_features(step.source_label, src_keys.shape[-2:], c)
         tgt_keys = ex["weak"].view(*ex["bank_label"].shape, -1).permute(0, 3, 1, 2)  # (B, D, h, w)
         parts = [self.candidates(src_keys, src_label, step.generator),

@@ -21,7 +21,7 @@ domain. It is the established training-free source->target translation for segme
 `translator: "package.module:callable"`: the callable (a class is instantiated without arguments first) is called
 as `fn(source (B,3,H,W), target (B,3,H,W)) -> (B,3,H,W)`, images in [0, 1]; an nn.Module is frozen in eval mode.
 
-Where we differ from the official code (github.com/fy-vision/DiGA, see shared/research/hiast_diga_tdi.md):
+Where we differ from the official code (github.com/fy-vision/DiGA, see docs/methods/hiast_diga_tdi.md):
 - Centroids are built online, never from an offline pass (5 passes over the target set) or a 50 GB label buffer:
   a class without a centroid gets, for its first step, the mean teacher feature of the pixels the teacher gives it;
   the EMA momentum is max(m, 1/(k+1)) at a class's k-th update, a running mean until 1/m updates (no init bias).
@@ -178,6 +178,8 @@ class DiGAWarmup(Method):
 
     name = "diga_warmup"
     Options = DiGAWarmupOptions
+    warmup = True
+    warmup_alias = "diga"  # --warmup diga
 
     def __init__(self, options=None, num_classes: int = 19, feature_dim: int = 0, device: str = "cpu"):
         super().__init__(options or self.Options(), num_classes, feature_dim, device)
@@ -242,7 +244,7 @@ class DiGA(Method):
         label = step.pseudo_label
         kept = torch.where(label == nearest, label, torch.full_like(label, IGNORE_INDEX))
         step.pseudo_label = kept
-        step.extras["diga"] = {"label": kept, "argmax": argmax}
+        self.scratch(step).update(label=kept, argmax=argmax)
         valid = label != IGNORE_INDEX
         step.metrics["diga/agree"] = float((kept != IGNORE_INDEX).sum() / valid.sum().clamp(min=1))
 
@@ -258,13 +260,13 @@ class DiGA(Method):
         if not self.options.distil_weight:
             return {}
         loss, t_mix = symmetric_distillation(step, self.translate, self.options.aug_blend)
-        step.extras.setdefault("diga", {})["teacher_mixture"] = t_mix
+        self.scratch(step)["teacher_mixture"] = t_mix
         return {"distil": self.options.distil_weight * loss}
 
     def update(self, step: Step) -> None:
         """Centroids <- EMA of class means, summed over ranks: target (label == argmax) and source mixture
         (ground truth == argmax) teacher features."""
-        ex = step.extras.get("diga", {})
+        ex = self.scratch(step)
         c = self.num_classes
         parts = []
         if "label" in ex:

@@ -13,7 +13,7 @@ Three parts, all online inside the common loop (`--method hiast`):
 - **Region-adaptive regularisation**: on pseudo-labelled target pixels, smoothing (KL(uniform || p), 0.1); on
   the others, sharpening (entropy, 1.0) and consistency with the teacher's soft prediction (soft CE, 0.5).
 
-Where we differ from the official code (github.com/bupt-ai-cz/HIAST, see shared/research/hiast_diga_tdi.md):
+Where we differ from the official code (github.com/bupt-ai-cz/HIAST, see docs/methods/hiast_diga_tdi.md):
 - IAS runs per training batch on the EMA teacher instead of in an offline pseudo-label pass per round; the per-pixel
   Python threshold lookup (`np.apply_along_axis`) becomes one tensor gather, and the 19 per-class quantiles are one
   sort plus a gather at per-class ranks (`class_quantiles`).
@@ -46,6 +46,7 @@ from udaseg.data import transforms as T
 from udaseg.data.labels import IGNORE_INDEX
 from udaseg.kernels import fuse_pseudo_labels
 from udaseg.methods.base import Method, Step, register_method
+from udaseg.methods.common import target_aligned
 
 NAME = "hiast"
 
@@ -123,15 +124,6 @@ def region_losses(logits: Tensor, teacher_probs: Tensor, labelled: Tensor, unlab
             "consistency": region_mean(soft_ce, unlabelled) / c}
 
 
-def target_aligned(step: Step) -> Tensor:
-    """(B, H, W) bool: where the student's mixed image shows this step's target crop, pixel-aligned with the
-    teacher's view (not a ClassMix source pixel, not a pasted donor pixel): `step.mix_aligned`."""
-    if step.mix_aligned is not None:
-        return step.mix_aligned
-    b, _, h, w = step.mix_image.shape
-    return torch.ones(b, h, w, dtype=torch.bool, device=step.mix_image.device)
-
-
 def to_uint8(image: Tensor) -> Tensor:
     return (image * 255).round().clamp(0, 255).to(torch.uint8)
 
@@ -164,11 +156,11 @@ class HIAST(Method):
         keep = selected != IGNORE_INDEX
         step.pseudo_label = torch.where(keep, step.pseudo_label, torch.full_like(step.pseudo_label, IGNORE_INDEX))
         kept_label = label[keep]
-        step.extras[NAME] = {
-            "psi": psi,
-            "confidence_sum": torch.bincount(kept_label, weights=conf[keep].float(), minlength=c).float(),
-            "confidence_count": torch.bincount(kept_label, minlength=c).float(),
-        }
+        self.scratch(step).update(
+            psi=psi,
+            confidence_sum=torch.bincount(kept_label, weights=conf[keep].float(), minlength=c).float(),
+            confidence_count=torch.bincount(kept_label, minlength=c).float(),
+        )
         step.metrics["hiast/kept"] = float(keep.float().mean())
         step.metrics["hiast/threshold"] = float(theta.mean())
 
@@ -195,7 +187,7 @@ class HIAST(Method):
         step.mix_label = torch.where(paste, label, step.mix_label)
         weight = self.pool["weights"][donor][:, None, None].expand_as(paste)
         step.mix_weight = torch.where(paste, weight.to(step.mix_weight.dtype), step.mix_weight)
-        step.extras.setdefault(NAME, {})["paste_mask"] = paste
+        self.scratch(step)["paste_mask"] = paste
         if step.mix_aligned is not None:
             step.mix_aligned = step.mix_aligned & ~paste  # donor pixels have no counterpart in the weak view
         step.metrics["hiast/pasted"] = float(paste.float().mean())
@@ -214,8 +206,8 @@ class HIAST(Method):
 
     def update(self, step: Step) -> None:
         """Thresholds and class confidences from all ranks' statistics; this step's crops join the pool."""
-        o, ex = self.options, step.extras.get(NAME)
-        if ex is None or "psi" not in ex:
+        o, ex = self.options, self.scratch(step)
+        if "psi" not in ex:
             return
         psi = dist.all_reduce_mean(ex["psi"])
         self.thresholds = ias_update(self.thresholds, psi, o.beta, o.max_threshold)

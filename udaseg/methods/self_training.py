@@ -11,12 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from udaseg.data import transforms as T
 from udaseg.data.labels import IGNORE_INDEX
 from udaseg.methods.base import Method, Step, register_method
+from udaseg.methods.common import weighted_cross_entropy
 
 
 @dataclass
@@ -27,15 +27,6 @@ class SelfTrainingOptions:
     strong_view: bool = True  # colour jitter + blur on the student's mixed image (DACS)
     ignore_top: int = 0  # pixels at the top/bottom of target crops left out of the pseudo-labels
     ignore_bottom: int = 0  # (DAFormer: 15 / 120 at 512x512 Cityscapes crops, the ego-vehicle hood)
-
-
-def weighted_cross_entropy(logits: Tensor, labels: Tensor, weight: Tensor | None) -> Tensor:
-    """Mean over labelled pixels of weight * CE. logits (B, C, H, W), labels (B, H, W), weight (B, H, W)."""
-    ce = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="none")  # (B, H, W)
-    valid = labels != IGNORE_INDEX
-    if weight is not None:
-        ce = ce * weight
-    return ce.sum() / valid.sum().clamp(min=1)
 
 
 def confident_fraction(confidence: Tensor, threshold: float, valid: Tensor) -> Tensor:
@@ -61,6 +52,7 @@ class SelfTraining(Method):
             valid[:, -o.ignore_bottom :] = False
         step.pseudo_label = torch.where(valid, label, torch.full_like(label, IGNORE_INDEX))
         step.pseudo_confidence = confidence
+        step.class_probs = probs
         step.pseudo_weight = confident_fraction(confidence, o.pseudo_threshold, valid)
 
     def mix(self, step: Step) -> None:
@@ -92,6 +84,7 @@ class SourceOnly(Method):
     """Supervised training on the source domain alone: the baseline every method is measured against."""
 
     name = "source_only"
+    warmup = True  # the default warm-up stage (`train.warmup: source_only`)
 
     @property
     def needs_target(self) -> bool:

@@ -16,7 +16,7 @@ Two additions to the common loop (`--method tdi`):
     the positive, the other prototypes negatives; InfoNCE with tau = 1/7.
   Each weighted 0.01 (official NCE_weight: 0.01 GTA5, 0.008 SYNTHIA), averaged over images.
 
-Where we differ from the official code (github.com/ljjcoder/EHTDI, see shared/research/hiast_diga_tdi.md):
+Where we differ from the official code (github.com/ljjcoder/EHTDI, see docs/methods/hiast_diga_tdi.md):
 - The pixel loss samples `pixels` locations per image (the official uses all 4225 of a 65x65 map: an 8450 x 8450
   similarity matrix, ~1-2 GB with its gradients). Memory is O(pixels^2) per image.
 - Every image of the target->source batch is trained on (the official computes two and keeps the first).
@@ -41,8 +41,7 @@ from udaseg.data import transforms as T
 from udaseg.data.labels import IGNORE_INDEX
 from udaseg.kernels import class_feature_sums
 from udaseg.methods.base import Method, Step, register_method
-from udaseg.methods.common import flatten_pixels, sample_pixels
-from udaseg.methods.hiast import target_aligned
+from udaseg.methods.common import flatten_pixels, sample_pixels, target_aligned
 
 NAME = "tdi"
 
@@ -126,12 +125,12 @@ class TDI(Method):
         image = T.mix(confident, step.target_image, step.source_image)
         if o.strong_view:
             image = T.strong_view(image, step.generator)
-        step.extras[NAME] = {"image": image, "label": T.mix(confident, step.pseudo_label, step.source_label)}
+        self.scratch(step).update(image=image, label=T.mix(confident, step.pseudo_label, step.source_label))
         step.metrics["tdi/pasted"] = float(confident.float().mean())
 
     def losses(self, step: Step) -> dict[str, Tensor]:
-        o, ex = self.options, step.extras.get(NAME)
-        if ex is None or "logits" not in step.student_mix:
+        o, ex = self.options, self.scratch(step)
+        if "image" not in ex or "logits" not in step.student_mix:
             return {}
         out: dict[str, Tensor] = {}
         if o.mix_weight:

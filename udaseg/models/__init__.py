@@ -14,6 +14,7 @@ Pretrained weights come from a local file only (``build_model(..., pretrained=PA
 """
 
 from udaseg.models import compact as _compact  # noqa: F401  (registers "compact")
+from udaseg.models import daformer as _daformer  # noqa: F401  (registers "daformer_mitb0".."b5", "segformer_mitb0"..)
 from udaseg.models import deeplabv2 as _deeplabv2  # noqa: F401  (registers "deeplabv2_r101", "deeplabv2_r50")
 from udaseg.models.common import Normalize, SegmentationModel, param_groups, upsample
 from udaseg.models.registry import build_model, list_models, register_model

@@ -1,7 +1,9 @@
 // Segments one image file with a TensorRT engine written by export/to_trt.py.
 //
 //   segment_image model.engine frame.ppm out_prefix     -> out_prefix_labels.pgm (mono8 train ids),
-//                                                          out_prefix_color.ppm (rgb8 Cityscapes colours)
+//                                                          out_prefix_color.ppm (rgb8, the model's palette)
+// model.engine.json (written by export/to_trt.py beside the engine) supplies the input name and dtype, the
+// normalisation, the output names, the class names and the palette; nothing is hard-coded here.
 // Images are binary PPM/PGM to stay dependency-free; convert a PNG with
 //   python -c "from PIL import Image; Image.open('frame.png').convert('RGB').save('frame.ppm')"
 // Built without TensorRT, the program still compiles (so CI checks the library API) and says what is missing.
@@ -35,14 +37,16 @@ int main(int argc, char** argv) {
         labels.data.resize(static_cast<std::size_t>(image.height) * image.width);
         color.data.resize(labels.data.size() * 3);
         udaseg::resize_nearest(s.labels.data(), s.height, s.width, image.height, image.width, labels.data.data());
-        const auto& palette = udaseg::cityscapes_palette();
+        const auto& meta = segmenter.metadata();
+        const auto& palette = meta.palette.empty() ? udaseg::cityscapes_palette() : meta.palette;
         udaseg::colorize(labels.data.data(), image.height, image.width, palette.data(),
                          static_cast<int>(palette.size() / 3), color.data.data());
         const std::string prefix = argv[3];
         udaseg::write_pnm(prefix + "_labels.pgm", labels);
         udaseg::write_pnm(prefix + "_color.ppm", color);
-        std::printf("%s: %dx%d -> network %dx%d in %.2f ms (pre + engine + post)\n", argv[2], image.width,
-                    image.height, s.width, s.height, ms);
+        std::printf("%s: %dx%d -> network %dx%d in %.2f ms (pre + engine + post), %d classes, %s\n", argv[2],
+                    image.width, image.height, s.width, s.height, ms, meta.num_classes,
+                    meta.precision.empty() ? "precision unknown" : meta.precision.c_str());
         return 0;
 #else
         std::fprintf(stderr, "segment_image: this build has no TensorRT runner (CMake did not find TensorRT and CUDA; "

@@ -8,9 +8,11 @@ Differentiable w.r.t. strong only: d loss[n] / d strong[n] = sum_m (softmax_m(s_
 Neither pass stores an N x M matrix: the chunked backward recomputes the strong logits from a saved (N,) LSE and
 an (N, D) target mean; the Triton backward recomputes both logits from two saved (N,) statistics.
 
-Triton design: the bank is grouped by class (see bank_logsumexp), so class_weights[n, label m] is one per-row
+Triton design: the bank is grouped by class (see bank_class_logsumexp), so class_weights[n, label m] is one per-row
 value per class segment; one pass keeps three online sums per row (strong log-sum-exp; target normaliser;
-target-weighted strong logit), flash-attention style in exp2.
+target-weighted strong logit), flash-attention style in exp2. The weak and strong query tiles stay in registers
+and each bank tile is read once for both dots; the bank is split over several programs when the row blocks are
+too few for the GPU (a torch step merges the per-split states); the backward accumulates all D columns at once.
 """
 
 from __future__ import annotations
@@ -18,23 +20,26 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._dispatch import (
-    INTERPRET,
-    acc_dtype,
-    check_device,
-    check_float,
-    check_index,
-    check_positive,
-    chunk_rows,
-    exp_,
-    logsumexp_,
-    next_pow2,
-    resolve_impl,
+from ._checks import check_device, check_float, check_index, check_positive
+from ._dispatch import INTERPRET, acc_dtype, chunk_rows, exp_, logsumexp_, next_pow2, resolve_impl
+from ._tiles import (
+    MAX_D,
+    Launcher,
+    bank_splits,
+    by_precision,
+    class_tiles,
+    combine_lse2,
+    common_dtype,
+    configs,
+    dot_precision,
+    group_bank,
+    load_rows,
+    tl,
+    triton,
 )
-from ._tiles import Launcher, common_dtype, configs, dot_precision, dot_tile, group_bank, rows_times_tile, tl, triton
 
-OP = "instance_consistency_loss"
-LOG2E = 1.4426950408889634
+_OP = "instance_consistency_loss"
+_LOG2E = 1.4426950408889634
 
 # --- torch reference ---
 
@@ -62,10 +67,10 @@ def instance_consistency_loss_reference(
     return -(target * log_p).sum(dim=1)
 
 
-# --- chunked torch (CPU fast path) ---
+# --- CPU path: chunked torch ---
 
 
-LOG_ZERO = -1e4  # log of a zero class weight inside the GEMM (-inf would make 0 * -inf = NaN): exp() gives 0
+_LOG_ZERO = -1e4  # log of a zero class weight inside the GEMM (-inf would make 0 * -inf = NaN): exp() gives 0
 
 
 def _prepare(weak, strong, bank, bank_labels, class_weights, temperature):
@@ -84,13 +89,13 @@ def _prepare(weak, strong, bank, bank_labels, class_weights, temperature):
     onehot = torch.nn.functional.one_hot(labels, num_classes).to(dt)  # (Mv, C)
     rows_ext_t = torch.cat([rows, onehot], 1).T.contiguous()  # (D + C, Mv)
     cw = class_weights.detach().to(dt)  # (N, C)
-    weak_ext = torch.cat([weak.detach().to(dt), cw.log().clamp_min_(LOG_ZERO)], 1)  # (N, D + C)
+    weak_ext = torch.cat([weak.detach().to(dt), cw.log().clamp_min_(_LOG_ZERO)], 1)  # (N, D + C)
     present = onehot.sum(0) > 0  # (C,)
     empty = ~((cw > 0) & present).any(1, keepdim=True)  # (N, 1)
     return weak_ext, strong.detach().to(dt), rows, rows_ext_t, empty
 
 
-class ChunkedInstanceLoss(torch.autograd.Function):
+class _ChunkedInstanceLoss(torch.autograd.Function):
     """Row chunks forward and backward; saves (N,) and (N, D) row statistics, nothing of size N x M.
 
     With t the target and p = softmax(strong logits), d loss / d strong = (p - t) @ bank / T. The t @ bank / T half
@@ -143,17 +148,17 @@ def _log2_weight(ptr, mask):
 
 
 @triton.jit
-def _fwd_kernel(
+def _inst_fwd_kernel(
     w_ptr,  # (N, D) weak
     s_ptr,  # (N, D) strong
     b_ptr,  # (M, D) bank grouped by class
     off_ptr,  # (C + 1,) int32 class c = bank rows off[c]:off[c + 1]
     cw_ptr,  # (N, C) class weights
-    loss_ptr,  # (N,) float32
-    stats_ptr,  # (2, N) float32: LSE of the strong logits, LSE of the target log-weights (log2 units)
+    part_ptr,  # (5, SPLITS, N) float32 per-split states: strong max, sum; target max, sum; weighted strong logit
     N,
     D,
     C,
+    SPLITS,
     scale,  # log2(e) / T
     BLOCK_N: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -161,24 +166,30 @@ def _fwd_kernel(
     UPCAST: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    """One program per BLOCK_N rows, one pass over the bank (all in log2 units until the end)."""
+    """Program (row block, split): one pass over the split's bank tiles, all in log2 units."""
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
     row_mask = rows < N
+    split = tl.program_id(1)
+    wq = load_rows(w_ptr, rows, row_mask, D, BLOCK_D, UPCAST)  # (BLOCK_N, BLOCK_D), resident
+    sq = load_rows(s_ptr, rows, row_mask, D, BLOCK_D, UPCAST)
+    d = tl.arange(0, BLOCK_D)  # (BLOCK_D,)
     m_s = tl.full((BLOCK_N,), float("-inf"), tl.float32)  # strong: running max, sum
     l_s = tl.zeros((BLOCK_N,), tl.float32)
     m_a = tl.full((BLOCK_N,), float("-inf"), tl.float32)  # target a = weak logit + log2 weight: max, sum
     l_a = tl.zeros((BLOCK_N,), tl.float32)
     acc = tl.zeros((BLOCK_N,), tl.float32)  # sum 2^(a - m_a) * strong logit
     for c in range(0, C):
-        start = tl.load(off_ptr + c)
-        end = tl.load(off_ptr + c + 1)
+        first, end, stride = class_tiles(off_ptr, c, split, SPLITS, BLOCK_M)
         log_w = _log2_weight(cw_ptr + rows.to(tl.int64) * C + c, row_mask)  # (BLOCK_N,)
-        for m0 in range(start, end, BLOCK_M):
+        for m0 in range(first, end, stride):
             cols = m0 + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
             col_mask = cols < end
-            sw = dot_tile(w_ptr, rows, row_mask, b_ptr, cols, col_mask, D, BLOCK_N, BLOCK_M, BLOCK_D, UPCAST, PREC)
-            ss = dot_tile(s_ptr, rows, row_mask, b_ptr, cols, col_mask, D, BLOCK_N, BLOCK_M, BLOCK_D, UPCAST, PREC)
-            ss = ss * scale  # (BLOCK_N, BLOCK_M)
+            bt = tl.load(b_ptr + cols.to(tl.int64)[None, :] * D + d[:, None],
+                         mask=col_mask[None, :] & (d[:, None] < D), other=0.0)  # (BLOCK_D, BLOCK_M), read once
+            if UPCAST:  # the interpreter has no bf16 arithmetic
+                bt = bt.to(tl.float32)
+            sw = tl.dot(wq, bt, input_precision=PREC)  # (BLOCK_N, BLOCK_M)
+            ss = tl.dot(sq, bt, input_precision=PREC) * scale
             a = tl.where(col_mask[None, :], sw * scale + log_w[:, None], float("-inf"))
             m_new = tl.maximum(m_s, tl.max(tl.where(col_mask[None, :], ss, float("-inf")), 1))
             p = tl.where(col_mask[None, :], tl.exp2(ss - m_new[:, None]), 0.0)
@@ -191,79 +202,102 @@ def _fwd_kernel(
             l_a = l_a * rescale + tl.sum(t, 1)
             acc = acc * rescale + tl.sum(t * tl.where(col_mask[None, :], ss, 0.0), 1)
             m_a = m_new
-    lse_s = m_s + tl.log2(tl.maximum(l_s, 1.0))  # l >= 1 once a slot was seen (its maximum adds 2^0)
-    has_t = l_a > 0
-    lse_a = tl.where(has_t, m_a + tl.log2(tl.where(has_t, l_a, 1.0)), float("-inf"))
-    loss = tl.where(has_t, (lse_s - acc / tl.where(has_t, l_a, 1.0)) * 0.6931471805599453, 0.0)
-    tl.store(loss_ptr + rows, loss, mask=row_mask)
-    tl.store(stats_ptr + rows, lse_s, mask=row_mask)
-    tl.store(stats_ptr + N + rows, lse_a, mask=row_mask)
+    out = split * N + rows  # (BLOCK_N,)
+    stride_k = SPLITS * N
+    tl.store(part_ptr + out, m_s, mask=row_mask)
+    tl.store(part_ptr + stride_k + out, l_s, mask=row_mask)
+    tl.store(part_ptr + 2 * stride_k + out, m_a, mask=row_mask)
+    tl.store(part_ptr + 3 * stride_k + out, l_a, mask=row_mask)
+    tl.store(part_ptr + 4 * stride_k + out, acc, mask=row_mask)
 
 
 @triton.jit
-def _bwd_kernel(
+def _inst_bwd_kernel(
     w_ptr,  # (N, D) weak
     s_ptr,  # (N, D) strong
     b_ptr,  # (M, D) bank grouped by class
     off_ptr,  # (C + 1,) int32
     cw_ptr,  # (N, C) class weights
-    stats_ptr,  # (2, N) float32 from the forward
+    stats_ptr,  # (2, N) float32 from the forward: strong LSE, target LSE (log2 units; -inf: empty target)
     gl_ptr,  # (N,) float32 d loss_total / d loss
-    gs_ptr,  # (N, D) float32 d loss_total / d strong
+    gs_ptr,  # (SPLITS, N, D) float32 per-split d loss_total / d strong
     N,
     D,
     C,
+    SPLITS,
     scale,  # log2(e) / T
     inv_t,  # 1 / T
     BLOCK_N: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_D: tl.constexpr,
-    BLOCK_DO: tl.constexpr,
     UPCAST: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    """grad_strong[n, d-block] = g[n] sum_m (softmax_m(strong logits) - t[n, m]) bank[m, d-block] / T."""
+    """grad_strong[n] = g[n] sum_m (softmax_m(strong logits) - t[n, m]) bank[m] / T, all D columns at once."""
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
     row_mask = rows < N
-    d_out = tl.program_id(1) * BLOCK_DO + tl.arange(0, BLOCK_DO)  # (BLOCK_DO,)
+    split = tl.program_id(1)
+    wq = load_rows(w_ptr, rows, row_mask, D, BLOCK_D, UPCAST)  # (BLOCK_N, BLOCK_D), resident
+    sq = load_rows(s_ptr, rows, row_mask, D, BLOCK_D, UPCAST)
+    d = tl.arange(0, BLOCK_D)  # (BLOCK_D,)
     lse_s = tl.load(stats_ptr + rows, mask=row_mask, other=0.0)  # (BLOCK_N,)
     lse_a = tl.load(stats_ptr + N + rows, mask=row_mask, other=float("-inf"))
     has_t = lse_a > float("-inf")
     g = tl.where(has_t, tl.load(gl_ptr + rows, mask=row_mask, other=0.0), 0.0)  # an empty target: loss 0, grad 0
     lse_a = tl.where(has_t, lse_a, 0.0)
-    acc = tl.zeros((BLOCK_N, BLOCK_DO), tl.float32)
+    acc = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
     for c in range(0, C):
-        start = tl.load(off_ptr + c)
-        end = tl.load(off_ptr + c + 1)
+        first, end, stride = class_tiles(off_ptr, c, split, SPLITS, BLOCK_M)
         log_w = _log2_weight(cw_ptr + rows.to(tl.int64) * C + c, row_mask)  # (BLOCK_N,)
-        for m0 in range(start, end, BLOCK_M):
+        for m0 in range(first, end, stride):
             cols = m0 + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
             col_mask = cols < end
-            sw = dot_tile(w_ptr, rows, row_mask, b_ptr, cols, col_mask, D, BLOCK_N, BLOCK_M, BLOCK_D, UPCAST, PREC)
-            ss = dot_tile(s_ptr, rows, row_mask, b_ptr, cols, col_mask, D, BLOCK_N, BLOCK_M, BLOCK_D, UPCAST, PREC)
+            bt = tl.load(b_ptr + cols.to(tl.int64)[None, :] * D + d[:, None],
+                         mask=col_mask[None, :] & (d[:, None] < D), other=0.0)  # (BLOCK_D, BLOCK_M), read once
+            if UPCAST:
+                bt = bt.to(tl.float32)
+            sw = tl.dot(wq, bt, input_precision=PREC)  # (BLOCK_N, BLOCK_M)
+            ss = tl.dot(sq, bt, input_precision=PREC)
             p = tl.exp2(tl.where(col_mask[None, :], ss * scale, float("-inf")) - lse_s[:, None])
             t = tl.exp2(tl.where(col_mask[None, :], sw * scale + log_w[:, None], float("-inf")) - lse_a[:, None])
-            acc += rows_times_tile((p - t) * g[:, None], b_ptr, cols, col_mask, d_out, D, UPCAST, PREC)
-    mask = row_mask[:, None] & (d_out[None, :] < D)
-    tl.store(gs_ptr + rows.to(tl.int64)[:, None] * D + d_out[None, :], acc * inv_t, mask=mask)
+            w = ((p - t) * g[:, None]).to(bt.dtype)  # (BLOCK_N, BLOCK_M)
+            acc = tl.dot(w, tl.trans(bt), acc, input_precision=PREC)  # (BLOCK_N, BLOCK_D)
+    out = (split * N + rows).to(tl.int64)[:, None] * D + d[None, :]
+    tl.store(gs_ptr + out, acc * inv_t, mask=row_mask[:, None] & (d[None, :] < D))
 
 
-_BLOCKS = ({"BLOCK_N": 64, "BLOCK_M": 64, "BLOCK_D": 64}, {"BLOCK_N": 128, "BLOCK_M": 64, "BLOCK_D": 64})
-_FWD = Launcher(
-    _fwd_kernel,
-    configs(*[(b, w, st) for b in _BLOCKS for w, st in ((4, 3), (8, 3), (8, 2))]),
-    key=["D", "C"],
-    interpret=lambda kw: {"BLOCK_N": 16, "BLOCK_M": 16, "BLOCK_D": 16},
-)
-_BWD = Launcher(
-    _bwd_kernel,
-    configs(*[(b, w, 2) for b in _BLOCKS for w in (4, 8)]),
-    key=["D", "C", "BLOCK_DO"],
-    interpret=lambda kw: {"BLOCK_N": 16, "BLOCK_M": 16, "BLOCK_D": 16},
-)
+# Kept configs: half inputs on tensor cores, float32 ("ieee", FMA units) with smaller row blocks (two resident
+# query tiles); the static check (benchmarks/kernels_static.py) shows none of them spills at D = 256.
+_FWD_HALF = configs(({"BLOCK_N": 64, "BLOCK_M": 64}, 4, 3), ({"BLOCK_N": 64, "BLOCK_M": 64}, 8, 3),
+                    ({"BLOCK_N": 128, "BLOCK_M": 64}, 8, 2))
+_FWD_FP32 = configs(({"BLOCK_N": 32, "BLOCK_M": 32}, 4, 2), ({"BLOCK_N": 32, "BLOCK_M": 64}, 8, 2))
+_BWD_HALF = configs(({"BLOCK_N": 64, "BLOCK_M": 32}, 8, 2), ({"BLOCK_N": 32, "BLOCK_M": 64}, 4, 2))
+_BWD_FP32 = configs(({"BLOCK_N": 16, "BLOCK_M": 32}, 4, 2), ({"BLOCK_N": 32, "BLOCK_M": 32}, 8, 2))
+_FWD = Launcher(_inst_fwd_kernel, _FWD_HALF + _FWD_FP32, key=["D", "C", "PREC"],
+                prune=by_precision(_FWD_HALF, _FWD_FP32), interpret=lambda kw: {"BLOCK_N": 16, "BLOCK_M": 16},
+                tensor_cores=True)
+_BWD = Launcher(_inst_bwd_kernel, _BWD_HALF + _BWD_FP32, key=["D", "C", "PREC"],
+                prune=by_precision(_BWD_HALF, _BWD_FP32), interpret=lambda kw: {"BLOCK_N": 16, "BLOCK_M": 16},
+                tensor_cores=True)
 
 
-class TritonInstanceLoss(torch.autograd.Function):
+def _combine(part: Tensor) -> tuple[Tensor, Tensor]:
+    """Merge the (5, S, N) per-split states: loss (N,) and the backward's (2, N) statistics (log2 units)."""
+    m_s, l_s, m_a, l_a, acc = part.unbind(0)  # (S, N) each
+    top_s, sum_s = combine_lse2(m_s, l_s)  # (N,)
+    top_a, sum_a = combine_lse2(m_a, l_a)
+    safe_a = torch.where(torch.isinf(top_a), torch.zeros_like(top_a), top_a)
+    weighted = (acc * torch.exp2(m_a - safe_a)).sum(0)  # (N,) sum_m 2^(a - top_a) strong logit
+    has_t = sum_a > 0
+    lse_s = top_s + torch.log2(sum_s.clamp_min(1.0))  # >= 1 once a slot was seen (its maximum adds 2^0)
+    lse_a = torch.where(has_t, top_a + torch.log2(torch.where(has_t, sum_a, 1.0)), float("-inf"))
+    loss = torch.where(has_t, (lse_s - weighted / torch.where(has_t, sum_a, 1.0)) / _LOG2E, 0.0)
+    return loss, torch.stack([lse_s, lse_a])
+
+# --- autograd Function ---
+
+
+class _TritonInstanceLoss(torch.autograd.Function):
     """Fused forward and backward; saves two (N,) row statistics and the grouped bank."""
 
     @staticmethod
@@ -274,31 +308,53 @@ class TritonInstanceLoss(torch.autograd.Function):
         cw = class_weights.detach().contiguous()  # (N, C)
         rows, offsets = group_bank(bank, bank_labels, cw.shape[1], dt)  # (M, D), (C + 1,)
         n, d = s.shape
-        loss = torch.empty(n, dtype=torch.float32, device=s.device)  # (N,)
-        stats = torch.empty(2, n, dtype=torch.float32, device=s.device)  # (2, N)
+        splits = bank_splits(n, triton.cdiv(rows.shape[0], 64), s.device)
+        part = torch.empty(5, splits, n, dtype=torch.float32, device=s.device)  # (5, S, N)
         if n:
-            grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
-            _FWD[grid](w, s, rows, offsets, cw, loss, stats, n, d, cw.shape[1], LOG2E / temperature,
-                       UPCAST=INTERPRET, PREC=dot_precision(dt))
-        ctx.save_for_backward(w, s, rows, offsets, cw, stats)
-        ctx.temperature, ctx.input_dtype = temperature, strong.dtype
+            grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), splits)  # noqa: E731
+            _FWD[grid](w, s, rows, offsets, cw, part, n, d, cw.shape[1], splits, _LOG2E / temperature,
+                       BLOCK_D=next_pow2(d), UPCAST=INTERPRET, PREC=dot_precision(dt))
+        loss, stats = _combine(part)  # (N,), (2, N)
+        ctx.save_for_backward(w, s, rows, offsets, cw, stats.contiguous())
+        ctx.temperature, ctx.input_dtype, ctx.splits = temperature, strong.dtype, splits
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss: Tensor):
         w, s, rows, offsets, cw, stats = ctx.saved_tensors
         n, d = s.shape
-        grad = torch.zeros(n, d, dtype=torch.float32, device=s.device)  # (N, D)
-        block_do = min(next_pow2(d), 32 if INTERPRET else 128)
+        grad = torch.zeros(ctx.splits, n, d, dtype=torch.float32, device=s.device)  # (S, N, D)
         if n:
-            grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(d, block_do))  # noqa: E731
+            grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), ctx.splits)  # noqa: E731
             _BWD[grid](w, s, rows, offsets, cw, stats, grad_loss.float().contiguous(), grad, n, d, cw.shape[1],
-                       LOG2E / ctx.temperature, 1.0 / ctx.temperature, BLOCK_DO=block_do, UPCAST=INTERPRET,
-                       PREC=dot_precision(s.dtype))
+                       ctx.splits, _LOG2E / ctx.temperature, 1.0 / ctx.temperature, BLOCK_D=next_pow2(d),
+                       UPCAST=INTERPRET, PREC=dot_precision(s.dtype))
+        grad = grad[0] if ctx.splits == 1 else grad.sum(0)  # (N, D)
         return None, grad.to(ctx.input_dtype), None, None, None, None
 
 
 # --- public op ---
+
+
+def _check_args(weak, strong, bank, bank_labels, class_weights, temperature) -> float:
+    """ValueError naming the argument on misuse; returns the temperature as a float."""
+    check_float(_OP, "weak", weak, 2)
+    check_float(_OP, "strong", strong, 2)
+    check_float(_OP, "bank", bank, 2)
+    check_float(_OP, "class_weights", class_weights, 2)
+    dev = strong.device
+    for name, t in (("weak", weak), ("bank", bank), ("class_weights", class_weights)):
+        check_device(_OP, name, t, dev)
+    if weak.shape != strong.shape:
+        raise ValueError(f"{_OP}: weak and strong must have the same shape, got {tuple(weak.shape)} and "
+                         f"{tuple(strong.shape)}")
+    if bank.shape[1] != strong.shape[1]:
+        raise ValueError(f"{_OP}: bank must have D = {strong.shape[1]} columns like strong, got {tuple(bank.shape)}")
+    if class_weights.shape[0] != strong.shape[0] or class_weights.shape[1] < 1:
+        raise ValueError(f"{_OP}: class_weights must have shape ({strong.shape[0]}, C >= 1), "
+                         f"got {tuple(class_weights.shape)}")
+    check_index(_OP, "bank_labels", bank_labels, (bank.shape[0],), dev)
+    return check_positive(_OP, "temperature", temperature)
 
 
 def instance_consistency_loss(
@@ -319,30 +375,14 @@ def instance_consistency_loss(
         bank_labels: (M,) int64 in [0, C); -1 (any value outside [0, C)) = empty slot.
         class_weights: (N, C) float >= 0, e.g. the weak view's class probabilities.
         temperature: T > 0.
-        impl: "auto", "triton", "torch" (reference) or "chunked".
+        impl: "auto", "triton", "torch" (reference) or "chunked" (Triton needs D <= 256; wider: chunked).
     Returns:
         (N,) float32 loss per row (0 where the target is empty).
     """
-    check_float(OP, "weak", weak, 2)
-    check_float(OP, "strong", strong, 2)
-    check_float(OP, "bank", bank, 2)
-    check_float(OP, "class_weights", class_weights, 2)
-    dev = strong.device
-    for name, t in (("weak", weak), ("bank", bank), ("class_weights", class_weights)):
-        check_device(OP, name, t, dev)
-    if weak.shape != strong.shape:
-        raise ValueError(f"{OP}: weak and strong must have the same shape, got {tuple(weak.shape)} and "
-                         f"{tuple(strong.shape)}")
-    if bank.shape[1] != strong.shape[1]:
-        raise ValueError(f"{OP}: bank must have D = {strong.shape[1]} columns like strong, got {tuple(bank.shape)}")
-    if class_weights.shape[0] != strong.shape[0] or class_weights.shape[1] < 1:
-        raise ValueError(f"{OP}: class_weights must have shape ({strong.shape[0]}, C >= 1), "
-                         f"got {tuple(class_weights.shape)}")
-    check_index(OP, "bank_labels", bank_labels, (bank.shape[0],), dev)
-    temperature = check_positive(OP, "temperature", temperature)
-    impl = resolve_impl(impl, dev, OP)
+    temperature = _check_args(weak, strong, bank, bank_labels, class_weights, temperature)
+    impl = resolve_impl(impl, strong.device, _OP)
     if impl == "torch":
         return instance_consistency_loss_reference(weak, strong, bank, bank_labels, class_weights, temperature)
-    if impl == "triton":
-        return TritonInstanceLoss.apply(weak, strong, bank, bank_labels, class_weights, temperature)
-    return ChunkedInstanceLoss.apply(weak, strong, bank, bank_labels, class_weights, temperature)
+    if impl == "triton" and strong.shape[1] <= MAX_D:
+        return _TritonInstanceLoss.apply(weak, strong, bank, bank_labels, class_weights, temperature)
+    return _ChunkedInstanceLoss.apply(weak, strong, bank, bank_labels, class_weights, temperature)

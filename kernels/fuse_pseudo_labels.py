@@ -10,10 +10,62 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._dispatch import acc_dtype, check_device, check_float, check_shape, resolve_impl
+from ._checks import check_device, check_float, check_shape
+from ._dispatch import acc_dtype, resolve_impl
 from ._tiles import Launcher, configs, tl, triton
 
-OP = "fuse_pseudo_labels"
+_OP = "fuse_pseudo_labels"
+
+# --- torch reference ---
+
+
+def fuse_pseudo_labels_reference(
+    probs: Tensor, instance_probs: Tensor | None, alpha: float, thresholds: Tensor, ignore_index: int = 255
+) -> tuple[Tensor, Tensor]:
+    """Plain torch.
+
+    Args:
+        probs: (B, C, H, W) float.  instance_probs: (B, C, H, W) float or None.  alpha: blend weight.
+        thresholds: (C,) float.  ignore_index: label written under the threshold.
+    Returns:
+        labels (B, H, W) int64, confidence (B, H, W) float32 (float64 for float64 inputs).
+    """
+    dt = acc_dtype(probs, thresholds, *([instance_probs] if instance_probs is not None else []))
+    fused = probs.to(dt)
+    if instance_probs is not None:
+        fused = alpha * fused + (1.0 - alpha) * instance_probs.to(dt)  # (B, C, H, W)
+    confidence, labels = fused.max(dim=1)  # (B, H, W); the first maximum wins a tie
+    labels = torch.where(confidence < thresholds.to(dt)[labels], ignore_index, labels)
+    return labels, confidence
+
+
+# --- CPU path: chunked torch ---
+
+
+def _fuse_chunked(probs, instance_probs, alpha, thresholds, ignore_index):
+    """A few whole-tensor passes per group of images (temporaries <= ~64 MB). torch.max(dim=1) and argmax over a
+    middle dim are slow on CPU while amax is vectorised, so the arg-max is read off the maximum: rank the classes
+    C..1, keep the rank where P equals its maximum, and the largest rank left is the smallest maximising class.
+    """
+    dt = acc_dtype(probs, thresholds, *([instance_probs] if instance_probs is not None else []))
+    b, c, h, w = probs.shape
+    labels = torch.empty(b, h, w, dtype=torch.int64, device=probs.device)  # (B, H, W)
+    confidence = torch.empty(b, h, w, dtype=dt, device=probs.device)  # (B, H, W)
+    thr = thresholds.to(dt)
+    rank_dtype = torch.uint8 if c < 256 else torch.int32
+    rank = torch.arange(c, 0, -1, dtype=rank_dtype, device=probs.device).view(1, c, 1, 1)  # (1, C, 1, 1)
+    step = max(1, (64 << 20) // max(1, c * h * w * 4))
+    for s in range(0, b, step):
+        fused = probs[s : s + step].to(dt)  # (b, C, H, W)
+        if instance_probs is not None:  # lerp(q, p, alpha) = alpha p + (1 - alpha) q, exact at alpha = 0 and 1
+            fused = torch.lerp(instance_probs[s : s + step].to(dt), fused, alpha)
+        peak = fused.amax(1, keepdim=True)  # (b, 1, H, W)
+        best_rank = (fused == peak).to(rank_dtype).mul_(rank).amax(1)  # (b, H, W)
+        label = (c - best_rank.long()).clamp_(max=c - 1)  # clamp: a NaN pixel matches no class
+        confidence[s : s + step] = peak.squeeze(1)
+        labels[s : s + step] = label.masked_fill_(peak.squeeze(1) < thr[label], ignore_index)
+    return labels, confidence
+
 
 # --- Triton kernel ---
 
@@ -79,58 +131,28 @@ def _fuse_triton(probs, instance_probs, alpha, thresholds, ignore_index):
     return labels, confidence
 
 
-# --- torch reference ---
-
-
-def fuse_pseudo_labels_reference(
-    probs: Tensor, instance_probs: Tensor | None, alpha: float, thresholds: Tensor, ignore_index: int = 255
-) -> tuple[Tensor, Tensor]:
-    """Plain torch.
-
-    Args:
-        probs: (B, C, H, W) float.  instance_probs: (B, C, H, W) float or None.  alpha: blend weight.
-        thresholds: (C,) float.  ignore_index: label written under the threshold.
-    Returns:
-        labels (B, H, W) int64, confidence (B, H, W) float32 (float64 for float64 inputs).
-    """
-    dt = acc_dtype(probs, thresholds, *([instance_probs] if instance_probs is not None else []))
-    fused = probs.to(dt)
-    if instance_probs is not None:
-        fused = alpha * fused + (1.0 - alpha) * instance_probs.to(dt)  # (B, C, H, W)
-    confidence, labels = fused.max(dim=1)  # (B, H, W); the first maximum wins a tie
-    labels = torch.where(confidence < thresholds.to(dt)[labels], ignore_index, labels)
-    return labels, confidence
-
-
-# --- chunked torch (CPU fast path) ---
-
-
-def _fuse_chunked(probs, instance_probs, alpha, thresholds, ignore_index):
-    """A few whole-tensor passes per group of images (temporaries <= ~64 MB). torch.max(dim=1) and argmax over a
-    middle dim are slow on CPU while amax is vectorised, so the arg-max is read off the maximum: rank the classes
-    C..1, keep the rank where P equals its maximum, and the largest rank left is the smallest maximising class.
-    """
-    dt = acc_dtype(probs, thresholds, *([instance_probs] if instance_probs is not None else []))
-    b, c, h, w = probs.shape
-    labels = torch.empty(b, h, w, dtype=torch.int64, device=probs.device)  # (B, H, W)
-    confidence = torch.empty(b, h, w, dtype=dt, device=probs.device)  # (B, H, W)
-    thr = thresholds.to(dt)
-    rank_dtype = torch.uint8 if c < 256 else torch.int32
-    rank = torch.arange(c, 0, -1, dtype=rank_dtype, device=probs.device).view(1, c, 1, 1)  # (1, C, 1, 1)
-    step = max(1, (64 << 20) // max(1, c * h * w * 4))
-    for s in range(0, b, step):
-        fused = probs[s : s + step].to(dt)  # (b, C, H, W)
-        if instance_probs is not None:  # lerp(q, p, alpha) = alpha p + (1 - alpha) q, exact at alpha = 0 and 1
-            fused = torch.lerp(instance_probs[s : s + step].to(dt), fused, alpha)
-        peak = fused.amax(1, keepdim=True)  # (b, 1, H, W)
-        best_rank = (fused == peak).to(rank_dtype).mul_(rank).amax(1)  # (b, H, W)
-        label = (c - best_rank.long()).clamp_(max=c - 1)  # clamp: a NaN pixel matches no class
-        confidence[s : s + step] = peak.squeeze(1)
-        labels[s : s + step] = label.masked_fill_(peak.squeeze(1) < thr[label], ignore_index)
-    return labels, confidence
-
-
 # --- public op ---
+
+
+def _check_args(probs, instance_probs, alpha, thresholds, ignore_index) -> float:
+    """ValueError naming the argument on misuse; returns alpha as a float."""
+    check_float(_OP, "probs", probs, 4)
+    if instance_probs is not None:
+        check_float(_OP, "instance_probs", instance_probs, 4)
+        check_shape(_OP, "instance_probs", instance_probs, tuple(probs.shape))
+        check_device(_OP, "instance_probs", instance_probs, probs.device)
+    check_float(_OP, "thresholds", thresholds, 1)
+    check_shape(_OP, "thresholds", thresholds, (probs.shape[1],))
+    check_device(_OP, "thresholds", thresholds, probs.device)
+    if isinstance(alpha, Tensor):
+        alpha = alpha.item()
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (0.0 <= alpha <= 1.0):
+        raise ValueError(f"{_OP}: alpha must be a number in [0, 1], got {alpha!r}")
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise ValueError(f"{_OP}: ignore_index must be an int, got {ignore_index!r}")
+    if probs.shape[1] == 0:
+        raise ValueError(f"{_OP}: probs must have at least one class, got shape {tuple(probs.shape)}")
+    return float(alpha)
 
 
 def fuse_pseudo_labels(
@@ -153,24 +175,8 @@ def fuse_pseudo_labels(
     Returns:
         labels (B, H, W) int64, confidence (B, H, W) float32 = max_c P (also where the label is ignored).
     """
-    check_float(OP, "probs", probs, 4)
-    if instance_probs is not None:
-        check_float(OP, "instance_probs", instance_probs, 4)
-        check_shape(OP, "instance_probs", instance_probs, tuple(probs.shape))
-        check_device(OP, "instance_probs", instance_probs, probs.device)
-    check_float(OP, "thresholds", thresholds, 1)
-    check_shape(OP, "thresholds", thresholds, (probs.shape[1],))
-    check_device(OP, "thresholds", thresholds, probs.device)
-    if isinstance(alpha, Tensor):
-        alpha = alpha.item()
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (0.0 <= alpha <= 1.0):
-        raise ValueError(f"{OP}: alpha must be a number in [0, 1], got {alpha!r}")
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise ValueError(f"{OP}: ignore_index must be an int, got {ignore_index!r}")
-    if probs.shape[1] == 0:
-        raise ValueError(f"{OP}: probs must have at least one class, got shape {tuple(probs.shape)}")
-    alpha = float(alpha)
-    impl = resolve_impl(impl, probs.device, OP)
+    alpha = _check_args(probs, instance_probs, alpha, thresholds, ignore_index)
+    impl = resolve_impl(impl, probs.device, _OP)
     with torch.no_grad():
         if impl == "torch":
             return fuse_pseudo_labels_reference(probs, instance_probs, alpha, thresholds, ignore_index)

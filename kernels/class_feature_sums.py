@@ -11,11 +11,68 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._dispatch import INTERPRET, acc_dtype, check_count, check_float, check_index, chunk_rows, next_pow2, resolve_impl
+from ._checks import check_count, check_float, check_index
+from ._dispatch import INTERPRET, acc_dtype, chunk_rows, next_pow2, resolve_impl
 from ._tiles import Launcher, configs, dot_precision, num_programs, tl, triton
 
-OP = "class_feature_sums"
-MAX_CLASSES = 128  # the (C, BLOCK_D) accumulator lives in registers; more classes: the chunked torch path
+_OP = "class_feature_sums"
+_MAX_CLASSES = 128  # the (C, BLOCK_D) accumulator lives in registers; more classes: the chunked torch path
+
+# --- torch reference ---
+
+
+def _valid(labels: Tensor, num_classes: int, ignore_index: int) -> Tensor:
+    return (labels >= 0) & (labels < num_classes) & (labels != ignore_index)  # (N,) bool
+
+
+def class_feature_sums_reference(
+    features: Tensor, labels: Tensor, num_classes: int, ignore_index: int = 255
+) -> tuple[Tensor, Tensor]:
+    """Plain torch: index_add_ and bincount over the kept rows (autograd gives the backward).
+
+    Args:
+        features: (N, D) float.  labels: (N,) int.  num_classes: C.  ignore_index: skipped label.
+    Returns:
+        sums (C, D) float32 (float64 for float64 inputs), counts (C,) int64.
+    """
+    keep = _valid(labels, num_classes, ignore_index)
+    kept = labels[keep].long()
+    dt = acc_dtype(features)
+    sums = features.new_zeros(num_classes, features.shape[1], dtype=dt).index_add(0, kept, features[keep].to(dt))
+    return sums, torch.bincount(kept, minlength=num_classes)
+
+
+# --- CPU path: chunked torch ---
+
+
+class _ChunkedClassSums(torch.autograd.Function):
+    """one_hot(labels)^T @ features per row chunk: a GEMM (C + 1 rows, the last one for skipped labels) instead of
+    index_add_ and bincount, which scale badly on two threads. Counts are the one-hot's row sums (exact: a chunk
+    has far fewer than 2^24 rows). The backward is a gather."""
+
+    @staticmethod
+    def forward(ctx, features: Tensor, labels: Tensor, num_classes: int, ignore_index: int):
+        dt = acc_dtype(features)
+        keep = _valid(labels, num_classes, ignore_index)  # (N,)
+        target = torch.where(keep, labels.long(), num_classes)  # (N,); skipped rows go to a spare row
+        sums = features.new_zeros(num_classes + 1, features.shape[1], dtype=dt)  # (C + 1, D)
+        counts = torch.zeros(num_classes + 1, dtype=torch.int64, device=features.device)  # (C + 1,)
+        step = chunk_rows(num_classes + 1)
+        for s in range(0, features.shape[0], step):
+            chunk = target[s : s + step]  # (R,)
+            onehot = features.new_zeros(num_classes + 1, chunk.shape[0], dtype=dt).scatter_(0, chunk[None], 1.0)
+            sums.addmm_(onehot, features[s : s + step].to(dt))  # (C + 1, R) @ (R, D)
+            counts += onehot.sum(1).long()
+        ctx.save_for_backward(target)
+        ctx.input_dtype = features.dtype
+        return sums[:num_classes], counts[:num_classes]
+
+    @staticmethod
+    def backward(ctx, grad_sums: Tensor, grad_counts: Tensor | None):
+        (target,) = ctx.saved_tensors
+        padded = torch.cat([grad_sums, grad_sums.new_zeros(1, grad_sums.shape[1])])  # (C + 1, D)
+        return padded[target].to(ctx.input_dtype), None, None, None
+
 
 # --- Triton kernel ---
 
@@ -66,12 +123,15 @@ _SUMS = Launcher(
     _sums_kernel,
     configs(({"BLOCK_N": 128, "BLOCK_D": 64}, 4, 3), ({"BLOCK_N": 256, "BLOCK_D": 64}, 8, 3),
             ({"BLOCK_N": 128, "BLOCK_D": 128}, 8, 3)),
-    key=["D", "C_PAD"],
+    key=["D", "C_PAD", "PREC"],
     interpret=lambda kw: {"BLOCK_N": 32, "BLOCK_D": 32},
 )
 
 
-class TritonClassSums(torch.autograd.Function):
+# --- autograd Function ---
+
+
+class _TritonClassSums(torch.autograd.Function):
     """Deterministic partial sums (one per program) added by torch; the backward is a gather."""
 
     @staticmethod
@@ -80,7 +140,7 @@ class TritonClassSums(torch.autograd.Function):
         lab = labels.contiguous()  # (N,)
         n, d = f.shape
         # Persistent grid: enough programs to fill the GPU, few enough that the partials stay small.
-        g = max(1, min(num_programs(f.device.index if f.is_cuda else None), triton.cdiv(n, 128)))
+        g = max(1, min(num_programs(f.device), triton.cdiv(n, 128)))
         c_pad = next_pow2(num_classes)
         part = torch.empty(g, num_classes, d, dtype=torch.float32, device=f.device)  # (G, C, D)
         cnt = torch.empty(g, c_pad, dtype=torch.int32, device=f.device)  # (G, C_PAD)
@@ -100,63 +160,16 @@ class TritonClassSums(torch.autograd.Function):
         return padded[target].to(ctx.input_dtype), None, None, None
 
 
-# --- torch reference ---
-
-
-def _valid(labels: Tensor, num_classes: int, ignore_index: int) -> Tensor:
-    return (labels >= 0) & (labels < num_classes) & (labels != ignore_index)  # (N,) bool
-
-
-def class_feature_sums_reference(
-    features: Tensor, labels: Tensor, num_classes: int, ignore_index: int = 255
-) -> tuple[Tensor, Tensor]:
-    """Plain torch: index_add_ and bincount over the kept rows (autograd gives the backward).
-
-    Args:
-        features: (N, D) float.  labels: (N,) int.  num_classes: C.  ignore_index: skipped label.
-    Returns:
-        sums (C, D) float32 (float64 for float64 inputs), counts (C,) int64.
-    """
-    keep = _valid(labels, num_classes, ignore_index)
-    kept = labels[keep].long()
-    dt = acc_dtype(features)
-    sums = features.new_zeros(num_classes, features.shape[1], dtype=dt).index_add(0, kept, features[keep].to(dt))
-    return sums, torch.bincount(kept, minlength=num_classes)
-
-
-# --- chunked torch (CPU fast path) ---
-
-
-class ChunkedClassSums(torch.autograd.Function):
-    """one_hot(labels)^T @ features per row chunk: a GEMM (C + 1 rows, the last one for skipped labels) instead of
-    index_add_ and bincount, which scale badly on two threads. Counts are the one-hot's row sums (exact: a chunk
-    has far fewer than 2^24 rows). The backward is a gather."""
-
-    @staticmethod
-    def forward(ctx, features: Tensor, labels: Tensor, num_classes: int, ignore_index: int):
-        dt = acc_dtype(features)
-        keep = _valid(labels, num_classes, ignore_index)  # (N,)
-        target = torch.where(keep, labels.long(), num_classes)  # (N,); skipped rows go to a spare row
-        sums = features.new_zeros(num_classes + 1, features.shape[1], dtype=dt)  # (C + 1, D)
-        counts = torch.zeros(num_classes + 1, dtype=torch.int64, device=features.device)  # (C + 1,)
-        step = chunk_rows(num_classes + 1)
-        for s in range(0, features.shape[0], step):
-            chunk = target[s : s + step]  # (R,)
-            onehot = features.new_zeros(num_classes + 1, chunk.shape[0], dtype=dt).scatter_(0, chunk[None], 1.0)
-            sums.addmm_(onehot, features[s : s + step].to(dt))  # (C + 1, R) @ (R, D)
-            counts += onehot.sum(1).long()
-        ctx.save_for_backward(target)
-        ctx.input_dtype = features.dtype
-        return sums[:num_classes], counts[:num_classes]
-
-    @staticmethod
-    def backward(ctx, grad_sums: Tensor, grad_counts: Tensor | None):
-        (target,) = ctx.saved_tensors
-        padded = torch.cat([grad_sums, grad_sums.new_zeros(1, grad_sums.shape[1])])  # (C + 1, D)
-        return padded[target].to(ctx.input_dtype), None, None, None
-
-
 # --- public op ---
+
+
+def _check_args(features, labels, num_classes, ignore_index) -> None:
+    """ValueError naming the argument on misuse."""
+    check_float(_OP, "features", features, 2)
+    check_index(_OP, "labels", labels, (features.shape[0],), features.device)
+    check_count(_OP, "num_classes", num_classes, 1)
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise ValueError(f"{_OP}: ignore_index must be an int, got {ignore_index!r}")
 
 
 def class_feature_sums(
@@ -173,14 +186,10 @@ def class_feature_sums(
     Returns:
         sums (C, D) float32, counts (C,) int64.
     """
-    check_float(OP, "features", features, 2)
-    check_index(OP, "labels", labels, (features.shape[0],), features.device)
-    check_count(OP, "num_classes", num_classes, 1)
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise ValueError(f"{OP}: ignore_index must be an int, got {ignore_index!r}")
-    impl = resolve_impl(impl, features.device, OP)
+    _check_args(features, labels, num_classes, ignore_index)
+    impl = resolve_impl(impl, features.device, _OP)
     if impl == "torch":
         return class_feature_sums_reference(features, labels, num_classes, ignore_index)
-    if impl == "triton" and num_classes <= MAX_CLASSES and features.shape[0] > 0:
-        return TritonClassSums.apply(features, labels, num_classes, ignore_index)
-    return ChunkedClassSums.apply(features, labels, num_classes, ignore_index)
+    if impl == "triton" and num_classes <= _MAX_CLASSES and features.shape[0] > 0:
+        return _TritonClassSums.apply(features, labels, num_classes, ignore_index)
+    return _ChunkedClassSums.apply(features, labels, num_classes, ignore_index)

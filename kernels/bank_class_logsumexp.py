@@ -9,6 +9,10 @@ so each program runs, per class, a flash-attention style online log-sum-exp (run
 that class's rows only. Compared with one running row max and a one-hot value matrix, this is exact for every
 class however far its scores lie below the row maximum (no exp underflow to a false -inf), and it needs no
 P @ one-hot GEMM; the price is <= C partly filled tiles per row block and the O(M D) grouping copy.
+The query tile (BLOCK_N, D) stays in registers across all bank tiles (D <= MAX_D; wider: the chunked path). When
+the row blocks are too few to fill the GPU, each row block's bank is split over several programs (each takes
+every SPLITS-th tile of every class) and a small torch step merges their (max, sum) states. The backward keeps a
+(BLOCK_N, D) gradient accumulator, so each score tile is computed once, not once per output column block.
 """
 
 from __future__ import annotations
@@ -16,24 +20,26 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._dispatch import (
-    INTERPRET,
-    acc_dtype,
-    check_count,
-    check_device,
-    check_float,
-    check_index,
-    check_positive,
-    chunk_rows,
-    exp_,
-    logsumexp_,
-    next_pow2,
-    resolve_impl,
+from ._checks import check_count, check_device, check_float, check_index, check_positive
+from ._dispatch import INTERPRET, acc_dtype, chunk_rows, exp_, logsumexp_, next_pow2, resolve_impl
+from ._tiles import (
+    MAX_D,
+    Launcher,
+    bank_splits,
+    by_precision,
+    class_tiles,
+    combine_lse2,
+    common_dtype,
+    configs,
+    dot_precision,
+    group_bank,
+    load_rows,
+    tl,
+    triton,
 )
-from ._tiles import Launcher, common_dtype, configs, dot_precision, dot_tile, group_bank, rows_times_tile, tl, triton
 
-OP = "bank_class_logsumexp"
-LOG2E = 1.4426950408889634
+_OP = "bank_class_logsumexp"
+_LOG2E = 1.4426950408889634
 
 # --- torch reference ---
 
@@ -55,10 +61,10 @@ def bank_class_logsumexp_reference(
     return torch.stack(cols, dim=1) if cols else logits.new_zeros(query.shape[0], 0)
 
 
-# --- chunked torch (CPU fast path) ---
+# --- CPU path: chunked torch ---
 
 
-def sort_bank(bank: Tensor, bank_labels: Tensor, num_classes: int, scale: float, dt: torch.dtype):
+def _sort_bank(bank: Tensor, bank_labels: Tensor, num_classes: int, scale: float, dt: torch.dtype):
     """Keep the valid slots, grouped by class (a host sync: the chunked path only).
 
     Returns:
@@ -86,14 +92,14 @@ def _class_slices(rows: Tensor, offsets: list[int]) -> list[tuple[int, Tensor, T
     return parts
 
 
-class ChunkedClassLSE(torch.autograd.Function):
+class _ChunkedClassLSE(torch.autograd.Function):
     """Per class, row chunks of query @ bank_c.T (contiguous, so logsumexp runs at full speed; a slice of a wider
     score matrix would not). Saves only the (N, C) output and the grouped bank."""
 
     @staticmethod
     def forward(ctx, query: Tensor, bank: Tensor, bank_labels: Tensor, num_classes: int, temperature: float):
         dt = acc_dtype(query, bank)
-        rows, labels, offsets = sort_bank(bank.detach(), bank_labels, num_classes, 1.0 / temperature, dt)
+        rows, labels, offsets = _sort_bank(bank.detach(), bank_labels, num_classes, 1.0 / temperature, dt)
         q = query.detach().to(dt)  # (N, D)
         out = q.new_full((q.shape[0], num_classes), float("-inf"))  # (N, C)
         for c, _, part_t in _class_slices(rows, offsets):
@@ -127,10 +133,12 @@ def _lse_fwd_kernel(
     q_ptr,  # (N, D)
     b_ptr,  # (M, D) grouped by class
     off_ptr,  # (C + 1,) int32 class c = bank rows off[c]:off[c + 1]
-    out_ptr,  # (N, C) float32
+    pm_ptr,  # (SPLITS, N, C) float32 per-split running max (log2 units)
+    pl_ptr,  # (SPLITS, N, C) float32 per-split sum of 2^(s - max)
     N,
     D,
     C,
+    SPLITS,
     scale,  # log2(e) / T: the scores in log2 units
     BLOCK_N: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -138,25 +146,31 @@ def _lse_fwd_kernel(
     UPCAST: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    """One program per BLOCK_N queries; per class an online log-sum-exp over that class's bank tiles."""
+    """Program (row block, split): per class an online log-sum-exp over the split's share of the class's tiles."""
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
     row_mask = rows < N
+    split = tl.program_id(1)
+    q = load_rows(q_ptr, rows, row_mask, D, BLOCK_D, UPCAST)  # (BLOCK_N, BLOCK_D), resident
+    d = tl.arange(0, BLOCK_D)  # (BLOCK_D,)
+    out = (split * N + rows).to(tl.int64) * C  # (BLOCK_N,)
     for c in range(0, C):
-        start = tl.load(off_ptr + c)
-        end = tl.load(off_ptr + c + 1)
+        first, end, stride = class_tiles(off_ptr, c, split, SPLITS, BLOCK_M)
         m_i = tl.full((BLOCK_N,), float("-inf"), tl.float32)  # running max (log2 units)
         l_i = tl.zeros((BLOCK_N,), tl.float32)  # running sum of 2^(s - m_i)
-        for m0 in range(start, end, BLOCK_M):
+        for m0 in range(first, end, stride):
             cols = m0 + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
             col_mask = cols < end
-            s = dot_tile(q_ptr, rows, row_mask, b_ptr, cols, col_mask, D, BLOCK_N, BLOCK_M, BLOCK_D, UPCAST, PREC)
-            s = tl.where(col_mask[None, :], s * scale, float("-inf"))  # (BLOCK_N, BLOCK_M)
+            bt = tl.load(b_ptr + cols.to(tl.int64)[None, :] * D + d[:, None],
+                         mask=col_mask[None, :] & (d[:, None] < D), other=0.0)  # (BLOCK_D, BLOCK_M)
+            if UPCAST:  # the interpreter has no bf16 arithmetic
+                bt = bt.to(tl.float32)
+            s = tl.dot(q, bt, input_precision=PREC)  # (BLOCK_N, BLOCK_M) float32
+            s = tl.where(col_mask[None, :], s * scale, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: every tile holds a slot of the class
             l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(s - m_new[:, None]), 1)
             m_i = m_new
-        # l_i >= 1 for a class with a slot (its maximum adds 2^0); an empty class keeps m_i = -inf and gives -inf.
-        lse = (m_i + tl.log2(tl.maximum(l_i, 1.0))) * 0.6931471805599453  # log2 -> natural log
-        tl.store(out_ptr + rows.to(tl.int64) * C + c, lse, mask=row_mask)
+        tl.store(pm_ptr + out + c, m_i, mask=row_mask)  # a split without a tile of c: -inf and 0
+        tl.store(pl_ptr + out + c, l_i, mask=row_mask)
 
 
 @triton.jit
@@ -166,57 +180,63 @@ def _lse_bwd_kernel(
     off_ptr,  # (C + 1,) int32
     out_ptr,  # (N, C) float32, the forward output
     gout_ptr,  # (N, C) float32, d loss / d out
-    gq_ptr,  # (N, D) float32, d loss / d query
+    gq_ptr,  # (SPLITS, N, D) float32, per-split d loss / d query
     N,
     D,
     C,
+    SPLITS,
     scale,  # log2(e) / T
     inv_t,  # 1 / T
     BLOCK_N: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_D: tl.constexpr,
-    BLOCK_DO: tl.constexpr,
     UPCAST: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    """grad_q[n, d-block] = sum_c gout[n, c] sum_{m in c} exp(s[n, m] - out[n, c]) bank[m, d-block] / T."""
+    """grad_q[n] = sum_c gout[n, c] sum_{m in c} exp(s[n, m] - out[n, c]) bank[m] / T, all D columns at once."""
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
     row_mask = rows < N
-    d_out = tl.program_id(1) * BLOCK_DO + tl.arange(0, BLOCK_DO)  # (BLOCK_DO,)
-    acc = tl.zeros((BLOCK_N, BLOCK_DO), tl.float32)
+    split = tl.program_id(1)
+    q = load_rows(q_ptr, rows, row_mask, D, BLOCK_D, UPCAST)  # (BLOCK_N, BLOCK_D), resident
+    d = tl.arange(0, BLOCK_D)  # (BLOCK_D,)
+    acc = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
     for c in range(0, C):
-        start = tl.load(off_ptr + c)
-        end = tl.load(off_ptr + c + 1)
+        first, end, stride = class_tiles(off_ptr, c, split, SPLITS, BLOCK_M)
         lse = tl.load(out_ptr + rows.to(tl.int64) * C + c, mask=row_mask, other=0.0) * 1.4426950408889634
         g = tl.load(gout_ptr + rows.to(tl.int64) * C + c, mask=row_mask, other=0.0)  # (BLOCK_N,)
-        for m0 in range(start, end, BLOCK_M):
+        for m0 in range(first, end, stride):
             cols = m0 + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
             col_mask = cols < end
-            s = dot_tile(q_ptr, rows, row_mask, b_ptr, cols, col_mask, D, BLOCK_N, BLOCK_M, BLOCK_D, UPCAST, PREC)
-            s = tl.where(col_mask[None, :], s * scale, float("-inf"))  # (BLOCK_N, BLOCK_M)
+            bt = tl.load(b_ptr + cols.to(tl.int64)[None, :] * D + d[:, None],
+                         mask=col_mask[None, :] & (d[:, None] < D), other=0.0)  # (BLOCK_D, BLOCK_M)
+            if UPCAST:
+                bt = bt.to(tl.float32)
+            s = tl.dot(q, bt, input_precision=PREC)  # (BLOCK_N, BLOCK_M)
+            s = tl.where(col_mask[None, :], s * scale, float("-inf"))
             w = tl.exp2(s - lse[:, None]) * g[:, None]  # softmax within the class x grad
-            acc += rows_times_tile(w, b_ptr, cols, col_mask, d_out, D, UPCAST, PREC)
-    mask = row_mask[:, None] & (d_out[None, :] < D)
-    tl.store(gq_ptr + rows.to(tl.int64)[:, None] * D + d_out[None, :], acc * inv_t, mask=mask)
+            acc = tl.dot(w.to(bt.dtype), tl.trans(bt), acc, input_precision=PREC)  # (BLOCK_N, BLOCK_D)
+    out = (split * N + rows).to(tl.int64)[:, None] * D + d[None, :]
+    tl.store(gq_ptr + out, acc * inv_t, mask=row_mask[:, None] & (d[None, :] < D))
 
 
-_BLOCKS = ({"BLOCK_N": 64, "BLOCK_M": 64, "BLOCK_D": 64}, {"BLOCK_N": 128, "BLOCK_M": 64, "BLOCK_D": 64},
-           {"BLOCK_N": 64, "BLOCK_M": 128, "BLOCK_D": 64}, {"BLOCK_N": 128, "BLOCK_M": 128, "BLOCK_D": 64})
-_FWD = Launcher(
-    _lse_fwd_kernel,
-    configs(*[(b, w, st) for b in _BLOCKS for w, st in ((4, 3), (8, 3))]),
-    key=["D", "C"],
-    interpret=lambda kw: {"BLOCK_N": 16, "BLOCK_M": 16, "BLOCK_D": 16},
-)
-_BWD = Launcher(
-    _lse_bwd_kernel,
-    configs(*[({**b, "BLOCK_M": 64}, w, 2) for b in _BLOCKS[:2] for w in (4, 8)]),
-    key=["D", "C", "BLOCK_DO"],
-    interpret=lambda kw: {"BLOCK_N": 16, "BLOCK_M": 16, "BLOCK_D": 16},
-)
+# Kept configs: half inputs on tensor cores, float32 ("ieee", FMA units) with smaller row blocks; the static check
+# (benchmarks/kernels_static.py) shows none of them spills on sm_80 / sm_90 at D = 256.
+_FWD_HALF = configs(({"BLOCK_N": 64, "BLOCK_M": 64}, 4, 3), ({"BLOCK_N": 128, "BLOCK_M": 64}, 8, 3),
+                    ({"BLOCK_N": 64, "BLOCK_M": 128}, 8, 3))
+_FWD_FP32 = configs(({"BLOCK_N": 32, "BLOCK_M": 64}, 4, 2), ({"BLOCK_N": 64, "BLOCK_M": 32}, 8, 2))
+_BWD_HALF = configs(({"BLOCK_N": 64, "BLOCK_M": 64}, 8, 2), ({"BLOCK_N": 64, "BLOCK_M": 32}, 4, 2))
+_BWD_FP32 = configs(({"BLOCK_N": 32, "BLOCK_M": 32}, 8, 2), ({"BLOCK_N": 16, "BLOCK_M": 32}, 4, 2))
+_FWD = Launcher(_lse_fwd_kernel, _FWD_HALF + _FWD_FP32, key=["D", "C", "PREC"],
+                prune=by_precision(_FWD_HALF, _FWD_FP32), interpret=lambda kw: {"BLOCK_N": 16, "BLOCK_M": 16},
+                tensor_cores=True)
+_BWD = Launcher(_lse_bwd_kernel, _BWD_HALF + _BWD_FP32, key=["D", "C", "PREC"],
+                prune=by_precision(_BWD_HALF, _BWD_FP32), interpret=lambda kw: {"BLOCK_N": 16, "BLOCK_M": 16},
+                tensor_cores=True)
+
+# --- autograd Function ---
 
 
-class TritonClassLSE(torch.autograd.Function):
+class _TritonClassLSE(torch.autograd.Function):
     """Fused forward and backward; saves the (N, C) output and the grouped bank, nothing of size N x M."""
 
     @staticmethod
@@ -224,30 +244,47 @@ class TritonClassLSE(torch.autograd.Function):
         dt = common_dtype(query, bank)
         q = query.detach().to(dt).contiguous()  # (N, D)
         rows, offsets = group_bank(bank, bank_labels, num_classes, dt)  # (M, D), (C + 1,)
-        out = torch.empty(q.shape[0], num_classes, dtype=torch.float32, device=q.device)  # (N, C)
-        if q.shape[0]:
-            grid = lambda meta: (triton.cdiv(q.shape[0], meta["BLOCK_N"]),)  # noqa: E731
-            _FWD[grid](q, rows, offsets, out, q.shape[0], q.shape[1], num_classes, LOG2E / temperature,
-                       UPCAST=INTERPRET, PREC=dot_precision(dt))
+        n, d = q.shape
+        splits = bank_splits(n, triton.cdiv(rows.shape[0], 64), q.device)
+        f32 = dict(dtype=torch.float32, device=q.device)
+        pm, pl = torch.empty(splits, n, num_classes, **f32), torch.empty(splits, n, num_classes, **f32)
+        if n:
+            grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), splits)  # noqa: E731
+            _FWD[grid](q, rows, offsets, pm, pl, n, d, num_classes, splits, _LOG2E / temperature,
+                       BLOCK_D=next_pow2(d), UPCAST=INTERPRET, PREC=dot_precision(dt))
+        top, total = combine_lse2(pm, pl)  # (N, C) each
+        out = (top + torch.log2(total)) / _LOG2E  # an empty class: -inf + -inf = -inf
         ctx.save_for_backward(q, rows, offsets, out)
-        ctx.temperature, ctx.input_dtype = temperature, query.dtype
+        ctx.temperature, ctx.input_dtype, ctx.splits = temperature, query.dtype, splits
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         q, rows, offsets, out = ctx.saved_tensors
         n, d = q.shape
-        grad = torch.zeros(n, d, dtype=torch.float32, device=q.device)  # (N, D)
-        block_do = min(next_pow2(d), 32 if INTERPRET else 128)
+        grad = torch.zeros(ctx.splits, n, d, dtype=torch.float32, device=q.device)  # (S, N, D)
         if n:
-            grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(d, block_do))  # noqa: E731
-            _BWD[grid](q, rows, offsets, out, grad_out.float().contiguous(), grad, n, d, out.shape[1],
-                       LOG2E / ctx.temperature, 1.0 / ctx.temperature, BLOCK_DO=block_do, UPCAST=INTERPRET,
+            grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), ctx.splits)  # noqa: E731
+            _BWD[grid](q, rows, offsets, out, grad_out.float().contiguous(), grad, n, d, out.shape[1], ctx.splits,
+                       _LOG2E / ctx.temperature, 1.0 / ctx.temperature, BLOCK_D=next_pow2(d), UPCAST=INTERPRET,
                        PREC=dot_precision(q.dtype))
+        grad = grad[0] if ctx.splits == 1 else grad.sum(0)  # (N, D)
         return grad.to(ctx.input_dtype), None, None, None, None
 
 
 # --- public op ---
+
+
+def _check_args(query, bank, bank_labels, num_classes, temperature) -> float:
+    """ValueError naming the argument on misuse; returns the temperature as a float."""
+    check_float(_OP, "query", query, 2)
+    check_float(_OP, "bank", bank, 2)
+    check_device(_OP, "bank", bank, query.device)
+    if bank.shape[1] != query.shape[1]:
+        raise ValueError(f"{_OP}: bank must have D = {query.shape[1]} columns like query, got {tuple(bank.shape)}")
+    check_index(_OP, "bank_labels", bank_labels, (bank.shape[0],), query.device)
+    check_count(_OP, "num_classes", num_classes, 1)
+    return check_positive(_OP, "temperature", temperature)
 
 
 def bank_class_logsumexp(
@@ -266,21 +303,14 @@ def bank_class_logsumexp(
         bank_labels: (M,) int64 class of each slot in [0, C); -1 (any value outside [0, C)) = empty slot.
         num_classes: C >= 1.
         temperature: T > 0.
-        impl: "auto", "triton", "torch" (reference) or "chunked".
+        impl: "auto", "triton", "torch" (reference) or "chunked" (Triton needs D <= 256; wider: chunked).
     Returns:
         (N, C) float32: out[n, c] = log sum_{m in class c} exp(query[n] . bank[m] / T), -inf for an empty class.
     """
-    check_float(OP, "query", query, 2)
-    check_float(OP, "bank", bank, 2)
-    check_device(OP, "bank", bank, query.device)
-    if bank.shape[1] != query.shape[1]:
-        raise ValueError(f"{OP}: bank must have D = {query.shape[1]} columns like query, got {tuple(bank.shape)}")
-    check_index(OP, "bank_labels", bank_labels, (bank.shape[0],), query.device)
-    check_count(OP, "num_classes", num_classes, 1)
-    temperature = check_positive(OP, "temperature", temperature)
-    impl = resolve_impl(impl, query.device, OP)
+    temperature = _check_args(query, bank, bank_labels, num_classes, temperature)
+    impl = resolve_impl(impl, query.device, _OP)
     if impl == "torch":
         return bank_class_logsumexp_reference(query, bank, bank_labels, num_classes, temperature)
-    if impl == "triton":
-        return TritonClassLSE.apply(query, bank, bank_labels, num_classes, temperature)
-    return ChunkedClassLSE.apply(query, bank, bank_labels, num_classes, temperature)
+    if impl == "triton" and query.shape[1] <= MAX_D:
+        return _TritonClassLSE.apply(query, bank, bank_labels, num_classes, temperature)
+    return _ChunkedClassLSE.apply(query, bank, bank_labels, num_classes, temperature)
