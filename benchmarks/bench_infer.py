@@ -3,6 +3,8 @@
     python benchmarks/bench_infer.py --checkpoint runs/<run>/final.pt             # CPU: PyTorch, ONNX Runtime
     python benchmarks/bench_infer.py --checkpoint final.pt --device cuda          # + torch.compile, TensorRT
     python benchmarks/bench_infer.py --sizes 512x1024 --iters 10                  # quicker
+    python benchmarks/bench_infer.py --model segformer_mitb0 --output benchmarks/results/infer-cpu-segformer_mitb0
+    python benchmarks/bench_infer.py --recording-only --threads 1 --bag-frames 12  # a bag around ONNX Runtime
 
 Latency: batch 1 at 1024x512 and 2048x1024 (HxW 512x1024, 1024x2048), the network call only (input already
 pre-processed, outputs back on the host), ``--warmup`` calls then ``--iters`` timed ones: median, p90 and
@@ -15,12 +17,17 @@ Accuracy: mIoU of PyTorch, ONNX fp32, fp16 and int8 on the target validation set
 synthetic benchmark's 128x256: the model was trained there; latency sizes are deployment sizes), via
 export/verify.py. Without a trained ``--checkpoint`` a randomly initialised model is timed and mIoU is recorded
 as not measured. Results: benchmarks/results/infer-<device>.json and .md (named by device).
+
+Recordings (``--bag-frames N``, CPU): ``python -m udaseg.infer``'s loop over an MCAP and a sqlite3 bag of N rgb8
+camera frames at the network size (512x1024), ONNX Runtime fp32, each stage timed per frame: reading and decoding
+the message, pre-processing + post-processing (Python), the ONNX Runtime call, and writing the labels (mono8) and
+colour (rgb8) messages (closing the bag amortised over the frames). The goal: reading + writing < 10 % of the ONNX
+Runtime time. ``--recording-only`` runs just these rows (results: benchmarks/results/infer-bag-<device>).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -65,13 +72,14 @@ def device_name(device: str) -> str:
     return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
 
 
-def random_checkpoint(folder: Path) -> Path:
+def random_checkpoint(folder: Path, name: str = "compact") -> Path:
+    """A randomly initialised ``name`` model (``--model``: compact, segformer_mitb0, daformer_mitb5, ...)."""
     from udaseg.checkpoint import save_checkpoint
     from udaseg.models import build_model
 
     torch.manual_seed(0)
-    spec = {"name": "compact", "num_classes": 19, "kwargs": {}}
-    return save_checkpoint(folder / "random.pt", {"model": build_model("compact").state_dict(), "model_spec": spec})
+    spec = {"name": name, "num_classes": 19, "kwargs": {}}
+    return save_checkpoint(folder / "random.pt", {"model": build_model(name).state_dict(), "model_spec": spec})
 
 
 def export(
@@ -206,6 +214,107 @@ def prepost_rows(size: tuple[int, int], args) -> list[dict]:
     return rows
 
 
+def stats(times_ms: list[float]) -> dict:
+    return {"median_ms": statistics.median(times_ms), "p90_ms": float(np.percentile(times_ms, 90)),
+            "throughput_fps": 1000 / statistics.mean(times_ms), "iters": len(times_ms)}
+
+
+def write_camera_bag(path: Path, storage: str, frames: int, size: tuple[int, int]) -> Path:
+    """A bag (rosbags' folder layout) of `frames` random rgb8 images on /cam; returns its storage file."""
+    from rosbags.rosbag2 import Writer
+    from rosbags.rosbag2.enums import StoragePlugin
+
+    from udaseg.data.rosbag import typestore
+    from udaseg.recordings_io import image_msg
+
+    store, rng = typestore(), np.random.default_rng(0)
+    with Writer(path, version=9, storage_plugin=StoragePlugin[storage]) as writer:
+        conn = writer.add_connection("/cam", "sensor_msgs/msg/Image", typestore=store)
+        for i in range(frames):
+            msg = image_msg(store.types, rng.integers(0, 256, (*size, 3), dtype=np.uint8), "rgb8", i * 10**8, "cam")
+            writer.write(conn, i * 10**8, store.serialize_cdr(msg, "sensor_msgs/msg/Image"))
+    return next(p for p in path.iterdir() if p.suffix in (".mcap", ".db3"))
+
+
+def recording_rows(graph: Path, size: tuple[int, int], out: Path, args) -> list[dict]:
+    """`udaseg.infer.run_recording` over a bag (bag in, bag out), the real loop with its background writer: the
+    wall time per frame outside `segment` is what reading and writing add to the model."""
+    import udaseg.infer as infer
+    from udaseg.data.recordings import Subsample
+    from udaseg.data.rosbag import BagSource
+
+    backend = infer.OnnxBackend(graph, threads=args.threads)
+    backend(np.zeros((1, 3, *size), np.float32))  # warm-up outside the timed loop
+    rows, real_segment = [], infer.segment
+    for storage, suffix in (("MCAP", ".mcap"), ("SQLITE3", ".db3")):
+        path = write_camera_bag(out / f"bench_{storage}", storage, args.bag_frames, size)
+        model: list[float] = []
+        seg: list[float] = []
+
+        def timed_segment(*a, seg=seg, **kw):
+            start = time.perf_counter()
+            result = real_segment(*a, **kw)
+            seg.append(1000 * (time.perf_counter() - start))
+            return result
+
+        ns = argparse.Namespace(every=1, min_interval_s=0.0, size=None, confidence=False, float_confidence=False,
+                                progress=False, output=str(out / f"seg{suffix}"))
+        source = BagSource(path, "/cam")
+        infer.segment = timed_segment
+        try:
+            start = time.perf_counter()
+            infer.run_recording(_Timed(backend, model), source, ns, infer.Report())
+            wall_ms = 1000 * (time.perf_counter() - start) / args.bag_frames
+        finally:
+            infer.segment = real_segment
+        reads = []
+        frames = source.stream(Subsample())
+        for _ in range(args.bag_frames):
+            t0 = time.perf_counter()
+            next(frames)
+            reads.append(1000 * (time.perf_counter() - t0))
+        source.close()
+        outside = wall_ms - statistics.mean(seg)
+        rows += [
+            {"backend": f"bag {suffix}: read + decode", "precision": "rgb8", **stats(reads)},
+            {"backend": f"bag {suffix}: pre + post (python)", "precision": "-",
+             **stats([s - m for s, m in zip(seg, model)])},
+            {"backend": f"bag {suffix}: onnxruntime cpu", "precision": "fp32", **stats(model)},
+            {"backend": f"bag {suffix}: loop outside the model (read + write)", "precision": "wall",
+             **stats([outside])},
+        ]
+    return rows
+
+
+class _Timed:
+    """A backend whose calls are timed into `times` (ms); segment() reads input_size/input_dtype from it."""
+
+    def __init__(self, backend, times: list[float]) -> None:
+        self.backend, self.times = backend, times
+        self.input_size, self.input_dtype = backend.input_size, backend.input_dtype
+
+    def __call__(self, x):
+        start = time.perf_counter()
+        result = self.backend(x)
+        self.times.append(1000 * (time.perf_counter() - start))
+        return result
+
+
+def recording_overheads(rows: list[dict]) -> list[str]:
+    """'bag .mcap: reading + writing = 4.1 % of the ONNX Runtime time' lines."""
+    lines = []
+    for suffix in (".mcap", ".db3"):
+        median = {r["backend"].split(": ", 1)[1]: r["median_ms"] for r in rows
+                  if r["backend"].startswith(f"bag {suffix}:")}
+        if median:
+            io_ms = median["loop outside the model (read + write)"]
+            lines.append(f"bag {suffix}: reading + writing add {io_ms:.1f} ms a frame = "
+                         f"{100 * io_ms / median['onnxruntime cpu']:.1f} % of the ONNX Runtime time "
+                         f"({median['onnxruntime cpu']:.1f} ms; goal < 10 %); Python pre + post "
+                         f"{median['pre + post (python)']:.1f} ms")
+    return lines
+
+
 def accuracy(checkpoint: Path, trained: bool, out: Path, args) -> dict:
     """mIoU per precision on the target validation set at its own size (export/verify.py)."""
     if not trained:
@@ -227,7 +336,8 @@ def markdown(result: dict) -> str:
         f"# Inference benchmark: {env['device_name']}",
         "",
         f"torch {env['torch']}, onnxruntime {env['onnxruntime']}, threads {env['threads']}, "
-        f"load average {env['load_before']} -> {env['load_after']}; checkpoint: {result['checkpoint']}",
+        f"load average {env['load_before']} -> {env['load_after']}; checkpoint: {result['checkpoint']} "
+        f"(model {result.get('model', 'compact')})",
         "",
         "| size (HxW) | backend | precision | median ms | p90 ms | images/s |",
         "|---|---|---|---|---|---|",
@@ -248,6 +358,9 @@ def markdown(result: dict) -> str:
         if ort and median.get(("pytorch eager", "fp32")):
             speedup = median[("pytorch eager", "fp32")] / ort
             lines.append(f"\n{size}: ONNX Runtime fp32 is {speedup:.2f}x PyTorch eager fp32 (goal: >= 1).")
+    bag_lines = recording_overheads(result["latency"])
+    if bag_lines:
+        lines += ["", "Recordings (`python -m udaseg.infer` on a bag, per frame):", ""] + [f"- {b}" for b in bag_lines]
     acc = result["accuracy"]
     lines += ["", "## mIoU per precision (target validation set)", ""]
     if not acc["measured"]:
@@ -272,6 +385,7 @@ def markdown(result: dict) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", default=None, help="trained checkpoint (omit: random weights, mIoU not measured)")
+    p.add_argument("--model", default="compact", help="model timed without --checkpoint (e.g. segformer_mitb0)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--sizes", nargs="+", default=["512x1024", "1024x2048"], help="network input sizes HxW")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls first")
@@ -282,6 +396,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--calib-images", type=int, default=32, help="int8 calibration images")
     p.add_argument("--val-limit", type=int, default=None, help="at most this many validation images")
     p.add_argument("--output", default=None, help="results stem (default benchmarks/results/infer-<device>)")
+    p.add_argument("--bag-frames", type=int, default=10, help="CPU, 512x1024: frames of the bag rows (0: none)")
+    p.add_argument("--recording-only", action="store_true", help="only the bag rows (results infer-bag-<device>)")
     return p.parse_args(argv)
 
 
@@ -294,7 +410,8 @@ def main(argv: list[str] | None = None) -> dict:
     setup_logging()
     args.calib = args.calib or args.dataset
     torch.set_num_threads(args.threads)
-    stem = Path(args.output) if args.output else RESULTS / ("infer-cpu" if args.device == "cpu" else "infer-cuda")
+    name = ("infer-bag-" if args.recording_only else "infer-") + ("cpu" if args.device == "cpu" else "cuda")
+    stem = Path(args.output) if args.output else RESULTS / name
     env = {
         "device": args.device,
         "device_name": device_name(args.device),
@@ -308,36 +425,45 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         trained = args.checkpoint is not None
-        checkpoint = Path(args.checkpoint) if trained else random_checkpoint(out)
+        checkpoint = Path(args.checkpoint) if trained else random_checkpoint(out, args.model)
         latency = []
         for text in args.sizes:
             size = tuple(int(v) for v in text.lower().split("x"))
             # CPU: fp32 and int8 (ONNX Runtime's CPU kernels have no fast fp16 path); GPU: all three.
             precisions = ("fp32", "int8") if args.device == "cpu" else ("fp32", "fp16", "int8")
+            if args.recording_only:
+                precisions = ("fp32",)
             graphs = {p: export(checkpoint, out, size, p, args.calib, 8, "labels") for p in precisions}
-            rows = torch_rows(checkpoint, size, args.device, args)
-            rows += onnx_rows(
-                {p: g for p, g in graphs.items() if p != "int8" or args.device == "cpu"}, size, args.device, args
-            )
-            if args.device != "cpu":
-                rows += tensorrt_rows(graphs, size, out, args)
-            rows += prepost_rows(size, args)
+            rows = []
+            if not args.recording_only:
+                rows += torch_rows(checkpoint, size, args.device, args)
+                rows += onnx_rows(
+                    {p: g for p, g in graphs.items() if p != "int8" or args.device == "cpu"}, size, args.device, args
+                )
+                if args.device != "cpu":
+                    rows += tensorrt_rows(graphs, size, out, args)
+                rows += prepost_rows(size, args)
+            if args.device == "cpu" and args.bag_frames > 0 and size == (512, 1024):
+                rows += recording_rows(graphs["fp32"], size, out, args)
             latency += [{"size": text, **r} for r in rows]
             print(
                 f"{text}: " + ", ".join(f"{r['backend']} {r['precision']} {r.get('median_ms', 0):.1f} ms" for r in rows)
             )
-        acc = accuracy(checkpoint, trained, out, args)
+        acc = (accuracy(checkpoint, trained, out, args) if not args.recording_only
+               else {"measured": False, "reason": "--recording-only"})
     env["load_after"] = round(os.getloadavg()[0], 2)
     result = {
         "checkpoint": args.checkpoint,
+        "model": args.model if args.checkpoint is None else "from the checkpoint's model_spec",
         "environment": env,
         "args": vars(args),
         "latency": latency,
         "accuracy": acc,
     }
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{stem}.json").write_text(json.dumps(result, indent=1, default=str))
-    Path(f"{stem}.md").write_text(markdown(result))
+    from udaseg.fileio import write_json, write_text
+
+    write_json(f"{stem}.json", result, indent=1)
+    write_text(f"{stem}.md", markdown(result))
     print(markdown(result))
     return result
 

@@ -15,9 +15,15 @@ Gap closure = (method - source_only) / (oracle - source_only). Finished runs are
 Checkpoint selection without labels (docs/trust.md): adaptation runs evaluate every `--select-every` iterations
 (labelled mIoU and the label-free scores, metrics.jsonl "select" rows; the start of adaptation is one of the points).
 Per row: the target mIoU of the checkpoint the default criterion (monitor.criterion) selects, of the best checkpoint
-by labelled mIoU, of the last one, and the largest best - selected gap over the seeds. A row `METHOD@4x` runs the
-method on a 4x schedule (warm-up and adaptation both 4x, its own shared warm-up): does the gain grow, hold or fade?
+by labelled mIoU, of the last one, the largest best - selected gap over the seeds, and the collapse warnings fired.
+A row `METHOD@4x` runs the method on a 4x schedule (warm-up and adaptation both 4x, its own shared warm-up): does
+the gain grow, hold or fade?
     python benchmarks/bench_synthetic.py --rows-only source_only@4x,self_training@4x,dida+cpsl@4x,oracle@4x
+A row `METHOD@MODEL` trains another model (its own warm-up, baseline and bound: `source_only@MODEL`,
+`oracle@MODEL`), e.g. the smallest MiT next to the compact CNN (docs/models.md; ~3.5x the compact model's time):
+    python benchmarks/bench_synthetic.py --jobs 2 --set train.warmup_iters=600 --set train.iters=600 \
+        --set train.eval_every=0 --rows-only source_only@segformer_mitb0,self_training@segformer_mitb0,\
+diga@segformer_mitb0,oracle@segformer_mitb0
 Results: benchmarks/results/synthetic-<device>.json and .md (the README's table comes from the .md).
 """
 
@@ -69,11 +75,12 @@ def selection(run: Path) -> dict | None:
     points = [r for r in rows if r.get("stage") == "select" and r.get("miou") is not None]
     if len(points) < 2:
         return None
+    warnings = [f"{r['kind']}@{r['iter']}" for r in rows if r.get("stage") == "warning"]  # the collapse guard
     picked = {c: max(points, key=lambda r: r[c])["miou"] for c in CRITERIA if all(c in r for r in points)}
     criterion = points[-1].get("criterion", "agreement")
     return {"criterion": criterion, "selected": picked[criterion], "by_criterion": picked,
             "best": max(r["miou"] for r in points), "last": points[-1]["miou"], "first": points[0]["miou"],
-            "points": [r["iter"] for r in points]}
+            "points": [r["iter"] for r in points], "warnings": warnings}
 
 
 def row_schedule(row: str, sched: tuple[int, int], base: Path) -> tuple[str, tuple[int, int], Path]:
@@ -85,10 +92,23 @@ def row_schedule(row: str, sched: tuple[int, int], base: Path) -> tuple[str, tup
     return method, (sched[0] * factor, sched[1] * factor), base / f"x{factor}"
 
 
+def row_model(row: str) -> tuple[str, str | None]:
+    """'self_training@segformer_mitb0' -> ('self_training', 'segformer_mitb0'): a row on another model (any '@' token
+    that is not a schedule multiplier 'Nx' names the model); ('dida@4x', None) keeps the default model."""
+    tokens = row.split("@")
+    models = [t for t in tokens[1:] if not (t.endswith("x") and t[:-1].isdigit())]
+    if len(models) > 1:
+        raise SystemExit(f"row {row!r}: one model per row, found {models}")
+    return "@".join(t for t in tokens if t not in models), (models[0] if models else None)
+
+
 def run_row(method: str, seed: int, base: Path, extra: list[str], sched: tuple[int, int],
             select_every: int = 0) -> dict:
     """A row's run for one seed. Adaptation rows start from the seed's shared source-only warm-up and evaluate every
     `select_every` iterations (labelled mIoU beside the label-free scores: the selection columns)."""
+    method, model = row_model(method)
+    if model:  # its own run folders, shared warm-up included
+        extra, base = [*extra, "--set", f"model.name={model}"], base / model
     method, sched, base = row_schedule(method, sched, base)
     warm_iters, iters = sched
     common = ["--seed", str(seed), *extra]
@@ -144,7 +164,7 @@ def aggregate_selection(per_seed: list[dict | None]) -> dict | None:
         return None
     mean = {k: statistics.mean(s[k] for s in per_seed) for k in ("selected", "best", "last", "first")}
     criteria = set.intersection(*(set(s["by_criterion"]) for s in per_seed))
-    return {**mean, "criterion": per_seed[0]["criterion"],
+    return {**mean, "criterion": per_seed[0]["criterion"], "warnings": sum(len(s["warnings"]) for s in per_seed),
             "max_gap": max(s["best"] - s["selected"] for s in per_seed),
             "by_criterion": {c: statistics.mean(s["by_criterion"][c] for s in per_seed) for c in sorted(criteria)},
             "max_gap_by_criterion": {c: max(s["best"] - s["by_criterion"][c] for s in per_seed)
@@ -176,14 +196,14 @@ def selection_markdown(rows: dict[str, dict]) -> str:
     others = [c for c in CRITERIA if c != criterion]
     lines = ["", f"Checkpoint selection without target labels (default criterion: {criterion}; mean over seeds; "
              "max gap = worst seed's best - selected)", "",
-             f"| method | start | selected ({criterion}) | best checkpoint | last | max gap | "
+             f"| method | start | selected ({criterion}) | best checkpoint | last | max gap | collapse warnings | "
              + " | ".join(f"selected ({c}), max gap" for c in others) + " |",
-             "|" + "---|" * (6 + len(others))]
+             "|" + "---|" * (7 + len(others))]
     for name, sel in picked.items():
         cells = " | ".join(f"{sel['by_criterion'].get(c, float('nan')):.2f}, "
                            f"{sel['max_gap_by_criterion'].get(c, float('nan')):.2f}" for c in others)
         lines.append(f"| {name} | {sel['first']:.2f} | {sel['selected']:.2f} | {sel['best']:.2f} | {sel['last']:.2f} "
-                     f"| {sel['max_gap']:.2f} | {cells} |")
+                     f"| {sel['max_gap']:.2f} | {sel['warnings']} | {cells} |")
     return "\n".join(lines) + "\n"
 
 
@@ -195,13 +215,14 @@ def main() -> None:
     p.add_argument("--out", default="runs/bench", help="run folders")
     p.add_argument("--set", action="append", default=[], help="train config override for every run")
     p.add_argument("--jobs", type=int, default=1, help="runs side by side (one thread each), e.g. 2 on 2 cores")
+    p.add_argument("--results", default=str(RESULTS), help="folder of the result files (a smoke run: elsewhere)")
     p.add_argument("--select-every", type=int, default=100,
                    help="evaluate adaptation runs every N iterations for the selection columns (0: no columns)")
     args = p.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     name = torch.cuda.get_device_name(0) if device == "cuda" else f"cpu ({platform.processor() or 'x86_64'})"
     tag = "gpu" if device == "cuda" else "cpu"
-    path = RESULTS / f"synthetic-{tag}.json"
+    path = Path(args.results) / f"synthetic-{tag}.json"
     seeds = [int(s) for s in args.seeds.split(",")]
     methods = (args.rows_only or args.methods).split(",")
     previous = json.loads(path.read_text()) if args.rows_only and path.exists() else {"rows": {}}
@@ -242,7 +263,7 @@ def order_rows(rows: dict[str, dict]) -> dict[str, dict]:
 
 
 def write(path: Path, meta: dict, rare: list[str], rows: dict[str, dict]) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     rows = order_rows(rows)
     path.write_text(json.dumps({"meta": meta, "rare_classes": rare, "rows": rows}, indent=2))
     path.with_suffix(".md").write_text(markdown(rows, meta, rare))

@@ -126,6 +126,14 @@ def _resources(cubin: bytes, tools: dict[str, Path]) -> dict:
             "sass_local_ops": len(re.findall(r"\b(LDL|STL)\b", sass.stdout))}
 
 
+def _error_text(error: BaseException) -> str:
+    """One line: the innermost cause of a (chained) compile error, which names what went wrong."""
+    root = error
+    while root.__cause__ is not None or root.__context__ is not None:
+        root = root.__cause__ or root.__context__
+    return f"{type(error).__name__}: {type(root).__name__}: {' '.join(str(root).split())[-300:]}"
+
+
 def run_job(index_arch: tuple[int, int]) -> dict:
     """Compile one (job, arch) and judge it; never raises (a failure is a row)."""
     index, arch = index_arch
@@ -140,7 +148,7 @@ def run_job(index_arch: tuple[int, int]) -> dict:
         row["shared_bytes"] = int(compiled.metadata.shared) + row["static_shared"]
         row["tc_kind"] = next((kind for kind, text in TC_PTX if text in ptx), "none")
     except Exception as error:  # noqa: BLE001 - a compile error is a result
-        row["error"] = f"{type(error).__name__}: {str(error).strip().splitlines()[-1][:300] if str(error) else ''}"
+        row["error"] = _error_text(error)
     row["compile_s"] = round(time.perf_counter() - start, 2)
     row["problems"] = problems(row, arch)
     return row

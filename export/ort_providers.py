@@ -20,13 +20,14 @@ import numpy as np
 
 from udaseg.export.onnx_utils import ExportError, get_metadata, graph_precision, input_spec, load_onnx
 from udaseg.export.profiles import Profile, resolve_profile
+from udaseg.fileio import UserError
 
 log = logging.getLogger("udaseg.export")
 
 EP_NAMES = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 
 
-class ProviderUnavailable(RuntimeError):
+class ProviderUnavailable(UserError, RuntimeError):
     """The asked-for ONNX Runtime execution provider is not installed or could not start."""
 
 

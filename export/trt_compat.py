@@ -23,8 +23,16 @@ take more: the report names the version it assumed.
 
 from __future__ import annotations
 
+import logging
+import os
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from udaseg.export.profiles import Profile, resolve_profile
+
+log = logging.getLogger("udaseg.export")
 
 # Type groups of the operator table ("Supported Types" column): FP32 FP16 BF16 [INT32 INT64] [BOOL] ...
 _F = frozenset({"float32", "float16", "bfloat16"})
@@ -42,8 +50,8 @@ _FLOAT2_OPS = "BlackmanWindow DeformConv GridSample HammingWindow HannWindow Mis
 _NUMERIC_OPS = """Abs Add ArgMax ArgMin DepthToSpace Div Equal Greater GreaterOrEqual IsNaN Less LessOrEqual Max Min Mod
 Mul Neg Pad Pow Range ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceMax ReduceMean ReduceMin ReduceProd
 ReduceSum ReduceSumSquare Relu Scatter ScatterElements ScatterND Shrink Sign SpaceToDepth Sub Sum TopK"""
-_ANY_OPS = """Concat Expand EyeLike Flatten Gather GatherElements GatherND Identity If Loop OneHot Reshape ReverseSequence
-Shape Size Slice Split Squeeze Tile Transpose Trilu Unsqueeze Where"""
+_ANY_OPS = """Concat Expand EyeLike Flatten Gather GatherElements GatherND Identity If Loop OneHot Reshape
+ReverseSequence Shape Size Slice Split Squeeze Tile Transpose Trilu Unsqueeze Where"""
 
 # Listed as unsupported ("N") by the 10.15 table; kept to say "unsupported" rather than "unknown".
 _UNSUPPORTED = """AffineGrid Bernoulli BitShift BitwiseAnd BitwiseNot BitwiseOr BitwiseXor CenterCropPad Col2Im Compress
@@ -134,7 +142,7 @@ def _elem_types(model) -> dict[str, str]:
 
     try:
         model = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # noqa: BLE001 - an unusual graph: check what the file itself declares
+    except Exception:  # an unusual graph: check the types the file itself declares
         pass
     types: dict[str, str] = {}
 
@@ -168,3 +176,221 @@ def _attr(node, name: str, default=None):
             value = onnx.helper.get_attribute_value(a)
             return value.decode() if isinstance(value, bytes) else value
     return default
+
+
+class _Findings:
+    """Problems grouped by what they are, each with the nodes/tensors it concerns (one line per group)."""
+
+    def __init__(self) -> None:
+        self.groups: dict[tuple[str, str], list[str]] = {}
+
+    def add(self, kind: str, what: str, where: str) -> None:
+        self.groups.setdefault((kind, what), []).append(where)
+
+    def lines(self, kind: str) -> list[str]:
+        out = []
+        for (k, what), where in self.groups.items():
+            if k == kind:
+                more = f", ... ({len(where)} in all)" if len(where) > 4 else ""
+                shown = ", ".join(repr(w) for w in where[:4]) + more
+                out.append(f"{what}: {shown}")
+        return out
+
+
+def _opset(model) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _check_node(node, support: ParserSupport, types: dict[str, str], consts: dict, found: _Findings) -> None:
+    where = node.name or (node.output[0] if node.output else node.op_type)
+    if node.domain not in ("", "ai.onnx"):
+        found.add("error", f"{node.op_type} of domain '{node.domain}' (the parser takes it only as a plugin)", where)
+        return
+    allowed = support.ops.get(node.op_type)
+    if allowed is None:
+        reason = "not supported" if node.op_type in UNSUPPORTED_OPS else "not in the parser's operator list"
+        found.add("error", f"{node.op_type}: {reason}", where)
+        return
+    data = types.get(node.input[0]) if node.input and node.input[0] else None
+    if data and data not in ("undefined", *allowed):
+        found.add("error", f"{node.op_type} on {data} (the parser takes {', '.join(sorted(allowed))})", where)
+    _check_attributes(node, types, consts, found, where)
+
+
+def _check_attributes(node, types: dict[str, str], consts: dict, found: _Findings, where: str) -> None:
+    import numpy as np
+    import onnx
+
+    op = node.op_type
+    if op == "Resize":
+        mode, transform = _attr(node, "mode", "nearest"), _attr(node, "coordinate_transformation_mode", "half_pixel")
+        if mode not in RESIZE_MODES:
+            found.add("error", f"Resize mode '{mode}' (TensorRT: nearest, linear)", where)
+        if transform not in RESIZE_TRANSFORMS:
+            found.add("error", f"Resize coordinate_transformation_mode '{transform}'", where)
+        if _attr(node, "antialias", 0):
+            found.add("error", "Resize with antialias", where)
+        if _attr(node, "keep_aspect_ratio_policy", "stretch") != "stretch":
+            found.add("error", "Resize keep_aspect_ratio_policy other than 'stretch'", where)
+    elif op in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 2 and node.input[2]:
+        zero = consts.get(node.input[2])
+        if zero is None or np.any(zero != 0):
+            found.add("error", f"{op} with a non-zero (or non-constant) zero point (TensorRT: symmetric only)", where)
+    elif op == "Cast" and _attr(node, "to") == onnx.TensorProto.UINT8:
+        source = types.get(node.input[0], "undefined")
+        if source not in ("float32", "float16", "undefined"):
+            found.add("error", f"Cast {source} -> uint8 (TensorRT converts to uint8 only from float32/float16)", where)
+    elif op in ("MaxPool", "AveragePool", "LpPool") and any(d != 1 for d in _attr(node, "dilations", []) or []):
+        found.add("error", f"{op} with dilations", where)
+    elif op == "TopK" and _attr(node, "sorted", 1) != 1:
+        found.add("error", "TopK with sorted=0", where)
+
+
+def _check_tensors(model, types: dict[str, str], found: _Findings) -> list[str]:
+    """uint8 inside the graph (error), float64 (narrowed), int64 (kept; at outputs noted). Returns int64 names."""
+    edges = {v.name for v in model.graph.input} | {v.name for v in model.graph.output}
+    outputs = {v.name for v in model.graph.output}
+    int64 = []
+    for name, dtype in types.items():
+        if dtype == "uint8" and name not in edges:
+            found.add("error", "uint8 tensor inside the graph (TensorRT: uint8 only at network inputs/outputs)", name)
+        elif dtype == "float64":
+            found.add("narrowed", "float64 narrowed to float32 by the parser (clamped to +-FLT_MAX)", name)
+        elif dtype == "int64":
+            int64.append(name)
+            if name in outputs:
+                found.add("note", "int64 graph output (kept as int64: a C++ reader takes 8 bytes per value)", name)
+    return int64
+
+
+def _dynamic_inputs(model) -> list[str]:
+    initializers = {i.name for i in model.graph.initializer}
+    out = []
+    for vi in model.graph.input:
+        if vi.name in initializers:
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        dynamic = [i for i, d in enumerate(dims) if not d.HasField("dim_value") or d.dim_value <= 0]
+        if dynamic:
+            out.append(f"{vi.name} (dims {dynamic})")
+    return out
+
+
+def parser_report(model, trt_major: int, has_profile: bool = False) -> ParserReport:
+    """What the ONNX parser of TensorRT ``trt_major`` (10 or 11) will not take in ``model`` (an onnx.ModelProto).
+
+    ``has_profile``: an optimisation profile (--min/--opt/--max) will be given for the dynamic input dims.
+    """
+    from onnx import numpy_helper
+
+    if trt_major not in SUPPORT:
+        raise ValueError(f"no parser table for TensorRT {trt_major}; udaseg knows {sorted(SUPPORT)}")
+    support = SUPPORT[trt_major]
+    report = ParserReport(trt_major, support.source)
+    found = _Findings()
+    lo, hi = support.opsets
+    opset = _opset(model)
+    if not lo <= opset <= hi:
+        later = " (TensorRT 11.5 parses opset 25)" if trt_major == 11 and opset == 25 else ""
+        report.errors.append(f"opset {opset} is outside the parser's range {lo}-{hi}{later}")
+    types = _elem_types(model)
+    consts = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if len(i.dims) <= 1}
+    for node in model.graph.node:
+        _check_node(node, support, types, consts, found)
+    report.int64_tensors = _check_tensors(model, types, found)
+    report.errors += found.lines("error")
+    report.narrowed_tensors = [w for (k, _), ws in found.groups.items() if k == "narrowed" for w in ws]
+    report.notes += found.lines("narrowed") + found.lines("note")
+    if report.int64_tensors:
+        report.notes.append(
+            f"{len(report.int64_tensors)} int64 tensors (shape arithmetic, argmax indices): TensorRT >= 10 keeps "
+            "int64 (8.x narrowed it to int32); the operator type check above covers their consumers"
+        )
+    report.dynamic_inputs = _dynamic_inputs(model)
+    if report.dynamic_inputs and not has_profile:
+        report.errors.append(
+            f"dynamic input dims without an optimisation profile: {', '.join(report.dynamic_inputs)}; "
+            "give --min/--opt/--max shapes (e.g. --opt 1x3x512x1024)"
+        )
+    counts = Counter(n.op_type for n in model.graph.node)
+    report.notes.append(f"{sum(counts.values())} nodes, {len(counts)} operator types, opset {opset}")
+    return report
+
+
+def installed_or_all(requested: int | None = None) -> list[int]:
+    """TensorRT majors to check: ``requested``, else the installed tensorrt's, else every known one (10 and 11)."""
+    if requested is not None:
+        return [requested]
+    try:
+        import tensorrt as trt
+
+        major = int(str(trt.__version__).split(".")[0])
+        return [major] if major in SUPPORT else sorted(SUPPORT)
+    except (ImportError, AttributeError, ValueError):  # absent, or only the type stubs (a namespace package)
+        return sorted(SUPPORT)
+
+
+# ----------------------------------------------------------------------------- preflight of export/to_trt.py
+@dataclass
+class OnnxInfo:
+    """An ONNX file on its way to TensorRT: its I/O, udaseg metadata, precision and input profile."""
+
+    path: Path
+    io: list[dict]
+    metadata: dict
+    graph_precision: str
+    profile: Profile | None  # None: dynamic dims and no --opt shape (only with require_profile=False)
+    model: Any = field(default=None, repr=False)  # the onnx.ModelProto (simplified when that helped)
+    simplified: dict = field(default_factory=dict)  # export/simplify.py's info
+
+    @property
+    def example_shape(self) -> tuple[int, ...]:
+        """The profile's opt shape, else the export size of a dynamic graph (batch 1)."""
+        if self.profile is not None:
+            return tuple(self.profile.opt)
+        export = self.metadata.get("export", {})
+        inp = next(t for t in self.io if t["kind"] == "input")
+        fallback = [1, 3, export.get("height", 512), export.get("width", 1024)]
+        return tuple(d if isinstance(d, int) else f for d, f in zip(inp["shape"], fallback))
+
+
+def inspect_onnx(
+    path: str | os.PathLike,
+    min_s: str | None = None,
+    opt_s: str | None = None,
+    max_s: str | None = None,
+    require_profile: bool = True,
+) -> OnnxInfo:
+    """Load and check the ONNX, log its I/O, and resolve the input profile (all before TensorRT is needed)."""
+    from udaseg.export.onnx_utils import describe_io, get_metadata, graph_precision, input_spec, load_onnx
+
+    model = load_onnx(path)
+    io = describe_io(model)
+    inp = input_spec(model)
+    dynamic = any(not isinstance(d, int) for d in inp["shape"])
+    profile = None
+    if require_profile or not dynamic or opt_s is not None:
+        profile = resolve_profile(inp["name"], inp["shape"], min_s, opt_s, max_s)
+    for t in io:
+        log.info("%s %-7s %-8s %s", t["kind"], t["name"], t["dtype"], t["shape"])
+    return OnnxInfo(Path(path), io, get_metadata(model), graph_precision(model), profile, model)
+
+
+def simplify_graph(info: OnnxInfo) -> OnnxInfo:
+    """onnxslim where it removes nodes and ONNX Runtime gives the same results (export/simplify.py)."""
+    from udaseg.export.simplify import sample_feeds, simplify_onnx
+
+    info.model, info.simplified = simplify_onnx(info.model, sample_feeds(info.model, info.example_shape))
+    if not info.simplified["applied"]:
+        log.info("graph kept as exported (%s)", info.simplified.get("reason"))
+    return info
+
+
+def parser_check(info: OnnxInfo, majors: list[int]) -> dict[int, ParserReport]:
+    """Log what the ONNX parser of each TensorRT major in ``majors`` will not take; returns the reports."""
+    reports = {}
+    for major in majors:
+        report = parser_report(info.model, major, has_profile=info.profile is not None)
+        (log.info if report.ok else log.error)("%s", report.format())
+        reports[major] = report
+    return reports

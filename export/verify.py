@@ -13,7 +13,6 @@ and the mIoU of PyTorch and of ONNX Runtime against the labels. Both sides see t
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from udaseg.cli import run_cli
 from udaseg.export import prepost
 from udaseg.export.onnx_utils import (
     ExportError,
@@ -34,6 +34,7 @@ from udaseg.export.onnx_utils import (
     ort_session,
     setup_logging,
 )
+from udaseg.fileio import write_json
 
 log = logging.getLogger("udaseg.export")
 
@@ -62,6 +63,7 @@ class Graph:
     cm: object = None  # ConfusionMatrix of ONNX Runtime's class maps
     ref_cm: object = None  # ConfusionMatrix of PyTorch's class maps at the same input
     shapes: set = field(default_factory=set)
+    tensorrt: dict = field(default_factory=dict)  # TensorRT major -> parser report (export/trt_compat.py)
 
 
 def _arch(name: str | None, kwargs: dict) -> str:
@@ -110,7 +112,24 @@ def open_graph(path: str | os.PathLike, spec: dict, num_classes: int, checkpoint
         outputs,
         cm=ConfusionMatrix(num_classes),
         ref_cm=ConfusionMatrix(num_classes),
+        tensorrt=tensorrt_reports(model, path),
     )
+
+
+def tensorrt_reports(model, path: str | os.PathLike) -> dict:
+    """What the TensorRT 10/11 ONNX parsers will not take in this graph (logged; nothing needs TensorRT).
+
+    Dynamic dims count as covered: to_trt.py asks for the optimisation profile when it builds.
+    """
+    from udaseg.export.trt_compat import installed_or_all, parser_report
+
+    out = {}
+    for major in installed_or_all():
+        report = parser_report(model, major, has_profile=True)
+        if not report.ok:
+            log.warning("%s: %s", path, report.format())
+        out[str(major)] = report.as_dict()
+    return out
 
 
 def _reference(model, x: np.ndarray) -> np.ndarray:
@@ -203,6 +222,7 @@ def _report(graphs: list[Graph], checkpoint, dataset: str, split: str, n: int) -
             "miou_onnx": miou,
             "miou_drop": ref_miou - miou,
             "goal": goal,
+            "tensorrt_parser": g.tensorrt,
         }
         row["passed"] = (goal["min_agreement"] is None or agreement >= goal["min_agreement"]) and (
             row["miou_drop"] <= goal["max_miou_drop"]
@@ -215,17 +235,24 @@ def format_report(report: dict) -> str:
     """A markdown table of ``verify``'s report."""
     lines = [
         f"verify: {report['checkpoint']} on {report['dataset']} ({report['split']}, {report['images']} images)",
-        "| onnx | precision | max logit diff | pixel agreement % | mIoU PyTorch | mIoU ONNX | drop | goal met |",
-        "|---|---|---|---|---|---|---|---|",
+        "| onnx | precision | max logit diff | pixel agreement % | mIoU PyTorch | mIoU ONNX | drop | goal met | "
+        "TensorRT parser |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["graphs"]:
         diff = "-" if r["max_logit_diff"] is None else f"{r['max_logit_diff']:.3g}"
+        trt = _parser_summary(r.get("tensorrt_parser", {}))
         lines.append(
             f"| {Path(r['onnx']).name} | {r['precision']} | {diff} | {r['pixel_agreement']:.3f} | "
             f"{r['miou_pytorch']:.2f} | {r['miou_onnx']:.2f} | {r['miou_drop']:+.2f} | "
-            f"{'yes' if r['passed'] else 'NO'} |"
+            f"{'yes' if r['passed'] else 'NO'} | {trt or '-'} |"
         )
     return "\n".join(lines)
+
+
+def _parser_summary(reports: dict) -> str:
+    """``10: ok, 11: 2 errors`` from a row's tensorrt_parser entry."""
+    return ", ".join(f"{k}: {'ok' if v['ok'] else str(len(v['errors'])) + ' errors'}" for k, v in reports.items())
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -243,13 +270,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``udaseg-verify``: 0 when every graph meets its goal, 1 when one misses it, 2 for a user error."""
+    return run_cli(_main, argv)
+
+
+def _main(argv: list[str]) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
     size = (args.height, args.width) if args.height and args.width else None
     report = verify(args.checkpoint, args.onnx, args.dataset, args.split, args.limit, size)
     print(format_report(report))
     if args.output:
-        Path(args.output).write_text(json.dumps(report, indent=1))
+        write_json(args.output, report, indent=1)
     failed = [r["onnx"] for r in report["graphs"] if not r["passed"]]
     if failed:
         log.error("goals missed (GOALS in export/verify.py) by: %s", ", ".join(failed))
@@ -257,7 +289,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except ExportError as e:
-        raise SystemExit(f"verify: {e}") from None
+    sys.exit(main())

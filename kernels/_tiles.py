@@ -197,15 +197,51 @@ def combine_lse2(m: Tensor, l: Tensor) -> tuple[Tensor, Tensor]:  # noqa: E741
     return top, (l * torch.exp2(m - safe)).sum(0)
 
 
+def d_blocks(dtype: torch.dtype, d: int) -> dict:
+    """Constexprs over D for the bank kernels: BLOCK_D (D padded), BLOCK_K (the D chunk of one score dot) and
+    BLOCK_DO (the gradient columns one backward program owns).
+
+    Half inputs: one dot over all of D from a query tile held in registers (tensor cores), and a backward that
+    owns all D columns (each score tile computed once). float32 inputs use exact "ieee" products on the FMA units,
+    which hold a dot's operands in registers: there D goes in chunks of 32 and the backward owns 64 columns
+    (recomputing the scores once per 64 columns), or the kernels would spill (benchmarks/kernels_static.py).
+    """
+    block_d = max(16, 1 << (max(d, 1) - 1).bit_length())
+    if dtype == torch.float32:
+        return {"BLOCK_D": block_d, "BLOCK_K": min(32, block_d), "BLOCK_DO": min(64, block_d)}
+    return {"BLOCK_D": block_d, "BLOCK_K": block_d, "BLOCK_DO": block_d}
+
+
 @triton.jit
-def load_rows(ptr, rows, row_mask, D, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr):
-    """(BLOCK_R, BLOCK_D) = ptr[rows, :D] (zero padded); float32 under the interpreter (no bf16 arithmetic)."""
-    d = tl.arange(0, BLOCK_D)  # (BLOCK_D,)
+def load_rows(ptr, rows, row_mask, d, D, UPCAST: tl.constexpr):
+    """(BLOCK_R, len(d)) = ptr[rows, d] (zero padded); float32 under the interpreter (no bf16 arithmetic)."""
     x = tl.load(ptr + rows.to(tl.int64)[:, None] * D + d[None, :], mask=row_mask[:, None] & (d[None, :] < D),
                 other=0.0)
     if UPCAST:
         x = x.to(tl.float32)
     return x
+
+
+@triton.jit
+def load_cols(ptr, cols, col_mask, d, D, UPCAST: tl.constexpr):
+    """(len(d), BLOCK_C) = ptr[cols, d].T: a bank tile laid out as the right operand of a score dot."""
+    x = tl.load(ptr + cols.to(tl.int64)[None, :] * D + d[:, None], mask=col_mask[None, :] & (d[:, None] < D),
+                other=0.0)
+    if UPCAST:
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
+def chunked_scores(a_ptr, rows, row_mask, b_ptr, cols, col_mask, D, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+                   BLOCK_K: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
+    """(BLOCK_N, BLOCK_M) float32 = a[rows] @ b[cols].T in D chunks of BLOCK_K (the float32 path)."""
+    acc = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
+    for k0 in range(0, D, BLOCK_K):
+        d = k0 + tl.arange(0, BLOCK_K)  # (BLOCK_K,)
+        a = load_rows(a_ptr, rows, row_mask, d, D, UPCAST)  # (BLOCK_N, BLOCK_K)
+        acc = tl.dot(a, load_cols(b_ptr, cols, col_mask, d, D, UPCAST), acc, input_precision=PREC)
+    return acc
 
 
 @triton.jit

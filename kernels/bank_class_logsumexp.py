@@ -21,18 +21,21 @@ import torch
 from torch import Tensor
 
 from ._checks import check_count, check_device, check_float, check_index, check_positive
-from ._dispatch import INTERPRET, acc_dtype, chunk_rows, exp_, logsumexp_, next_pow2, resolve_impl
+from ._dispatch import INTERPRET, acc_dtype, chunk_rows, exp_, logsumexp_, resolve_impl
 from ._tiles import (
     MAX_D,
     Launcher,
     bank_splits,
     by_precision,
+    chunked_scores,
     class_tiles,
     combine_lse2,
     common_dtype,
     configs,
+    d_blocks,
     dot_precision,
     group_bank,
+    load_cols,
     load_rows,
     tl,
     triton,
@@ -143,6 +146,7 @@ def _lse_fwd_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    BLOCK_K: tl.constexpr,
     UPCAST: tl.constexpr,
     PREC: tl.constexpr,
 ):
@@ -150,8 +154,9 @@ def _lse_fwd_kernel(
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
     row_mask = rows < N
     split = tl.program_id(1)
-    q = load_rows(q_ptr, rows, row_mask, D, BLOCK_D, UPCAST)  # (BLOCK_N, BLOCK_D), resident
     d = tl.arange(0, BLOCK_D)  # (BLOCK_D,)
+    if BLOCK_K == BLOCK_D:  # half inputs: the query tile stays in registers, one tensor-core dot per bank tile
+        q = load_rows(q_ptr, rows, row_mask, d, D, UPCAST)  # (BLOCK_N, BLOCK_D)
     out = (split * N + rows).to(tl.int64) * C  # (BLOCK_N,)
     for c in range(0, C):
         first, end, stride = class_tiles(off_ptr, c, split, SPLITS, BLOCK_M)
@@ -160,12 +165,12 @@ def _lse_fwd_kernel(
         for m0 in range(first, end, stride):
             cols = m0 + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
             col_mask = cols < end
-            bt = tl.load(b_ptr + cols.to(tl.int64)[None, :] * D + d[:, None],
-                         mask=col_mask[None, :] & (d[:, None] < D), other=0.0)  # (BLOCK_D, BLOCK_M)
-            if UPCAST:  # the interpreter has no bf16 arithmetic
-                bt = bt.to(tl.float32)
-            s = tl.dot(q, bt, input_precision=PREC)  # (BLOCK_N, BLOCK_M) float32
-            s = tl.where(col_mask[None, :], s * scale, float("-inf"))
+            if BLOCK_K == BLOCK_D:
+                s = tl.dot(q, load_cols(b_ptr, cols, col_mask, d, D, UPCAST), input_precision=PREC)
+            else:
+                s = chunked_scores(q_ptr, rows, row_mask, b_ptr, cols, col_mask, D, BLOCK_N, BLOCK_M, BLOCK_K, UPCAST,
+                                   PREC)
+            s = tl.where(col_mask[None, :], s * scale, float("-inf"))  # (BLOCK_N, BLOCK_M)
             m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: every tile holds a slot of the class
             l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(s - m_new[:, None]), 1)
             m_i = m_new
@@ -190,16 +195,23 @@ def _lse_bwd_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_DO: tl.constexpr,
     UPCAST: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    """grad_q[n] = sum_c gout[n, c] sum_{m in c} exp(s[n, m] - out[n, c]) bank[m] / T, all D columns at once."""
+    """grad_q[n, cols] = sum_c gout[n, c] sum_{m in c} exp(s[n, m] - out[n, c]) bank[m, cols] / T.
+
+    Program (row block, split, column block of BLOCK_DO); half inputs: one column block holding all of D.
+    """
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
     row_mask = rows < N
     split = tl.program_id(1)
-    q = load_rows(q_ptr, rows, row_mask, D, BLOCK_D, UPCAST)  # (BLOCK_N, BLOCK_D), resident
     d = tl.arange(0, BLOCK_D)  # (BLOCK_D,)
-    acc = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+    d_out = tl.program_id(2) * BLOCK_DO + tl.arange(0, BLOCK_DO)  # (BLOCK_DO,)
+    if BLOCK_K == BLOCK_D:
+        q = load_rows(q_ptr, rows, row_mask, d, D, UPCAST)  # (BLOCK_N, BLOCK_D), resident
+    acc = tl.zeros((BLOCK_N, BLOCK_DO), tl.float32)
     for c in range(0, C):
         first, end, stride = class_tiles(off_ptr, c, split, SPLITS, BLOCK_M)
         lse = tl.load(out_ptr + rows.to(tl.int64) * C + c, mask=row_mask, other=0.0) * 1.4426950408889634
@@ -207,16 +219,19 @@ def _lse_bwd_kernel(
         for m0 in range(first, end, stride):
             cols = m0 + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
             col_mask = cols < end
-            bt = tl.load(b_ptr + cols.to(tl.int64)[None, :] * D + d[:, None],
-                         mask=col_mask[None, :] & (d[:, None] < D), other=0.0)  # (BLOCK_D, BLOCK_M)
-            if UPCAST:
-                bt = bt.to(tl.float32)
-            s = tl.dot(q, bt, input_precision=PREC)  # (BLOCK_N, BLOCK_M)
-            s = tl.where(col_mask[None, :], s * scale, float("-inf"))
+            if BLOCK_K == BLOCK_D:
+                bt = load_cols(b_ptr, cols, col_mask, d, D, UPCAST)  # (BLOCK_D, BLOCK_M), read once
+                s = tl.dot(q, bt, input_precision=PREC)
+            else:
+                s = chunked_scores(q_ptr, rows, row_mask, b_ptr, cols, col_mask, D, BLOCK_N, BLOCK_M, BLOCK_K, UPCAST,
+                                   PREC)
+            s = tl.where(col_mask[None, :], s * scale, float("-inf"))  # (BLOCK_N, BLOCK_M)
             w = tl.exp2(s - lse[:, None]) * g[:, None]  # softmax within the class x grad
-            acc = tl.dot(w.to(bt.dtype), tl.trans(bt), acc, input_precision=PREC)  # (BLOCK_N, BLOCK_D)
-    out = (split * N + rows).to(tl.int64)[:, None] * D + d[None, :]
-    tl.store(gq_ptr + out, acc * inv_t, mask=row_mask[:, None] & (d[None, :] < D))
+            if BLOCK_DO != BLOCK_D or BLOCK_K != BLOCK_D:
+                bt = load_cols(b_ptr, cols, col_mask, d_out, D, UPCAST)  # (BLOCK_DO, BLOCK_M)
+            acc = tl.dot(w.to(bt.dtype), tl.trans(bt), acc, input_precision=PREC)  # (BLOCK_N, BLOCK_DO)
+    out = (split * N + rows).to(tl.int64)[:, None] * D + d_out[None, :]
+    tl.store(gq_ptr + out, acc * inv_t, mask=row_mask[:, None] & (d_out[None, :] < D))
 
 
 # Kept configs: half inputs on tensor cores, float32 ("ieee", FMA units) with smaller row blocks; the static check
@@ -250,8 +265,9 @@ class _TritonClassLSE(torch.autograd.Function):
         pm, pl = torch.empty(splits, n, num_classes, **f32), torch.empty(splits, n, num_classes, **f32)
         if n:
             grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), splits)  # noqa: E731
+            blocks = d_blocks(dt, d)
             _FWD[grid](q, rows, offsets, pm, pl, n, d, num_classes, splits, _LOG2E / temperature,
-                       BLOCK_D=next_pow2(d), UPCAST=INTERPRET, PREC=dot_precision(dt))
+                       BLOCK_D=blocks["BLOCK_D"], BLOCK_K=blocks["BLOCK_K"], UPCAST=INTERPRET, PREC=dot_precision(dt))
         top, total = combine_lse2(pm, pl)  # (N, C) each
         out = (top + torch.log2(total)) / _LOG2E  # an empty class: -inf + -inf = -inf
         ctx.save_for_backward(q, rows, offsets, out)
@@ -264,9 +280,10 @@ class _TritonClassLSE(torch.autograd.Function):
         n, d = q.shape
         grad = torch.zeros(ctx.splits, n, d, dtype=torch.float32, device=q.device)  # (S, N, D)
         if n:
-            grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), ctx.splits)  # noqa: E731
+            blocks = d_blocks(q.dtype, d)
+            grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), ctx.splits, triton.cdiv(d, blocks["BLOCK_DO"]))  # noqa: E731
             _BWD[grid](q, rows, offsets, out, grad_out.float().contiguous(), grad, n, d, out.shape[1], ctx.splits,
-                       _LOG2E / ctx.temperature, 1.0 / ctx.temperature, BLOCK_D=next_pow2(d), UPCAST=INTERPRET,
+                       _LOG2E / ctx.temperature, 1.0 / ctx.temperature, **blocks, UPCAST=INTERPRET,
                        PREC=dot_precision(q.dtype))
         grad = grad[0] if ctx.splits == 1 else grad.sum(0)  # (N, D)
         return grad.to(ctx.input_dtype), None, None, None, None

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from ._checks import check_count, check_device, check_float
 from ._dispatch import INTERPRET, acc_dtype, chunk_rows, next_pow2, resolve_impl
-from ._tiles import MAX_D, Launcher, common_dtype, configs, dot_precision, load_rows, tl, triton
+from ._tiles import MAX_D, Launcher, common_dtype, configs, dot_precision, load_cols, load_rows, tl, triton
 
 _OP = "bank_topk"
 _MAX_K_PAD = 64  # larger k: the chunked torch path (the running top-k lives in registers next to the score tile)
@@ -99,8 +99,7 @@ def _merge(h, stage: tl.constexpr, order: tl.constexpr):
         flip = tl.reshape(tl.arange(0, 2), [1] * (n_dims - stage - 1) + [2] + [1] * stage)
     else:
         flip = order
-    for i in tl.static_range(stage):
-        j: tl.constexpr = stage - 1 - i
+    for j in tl.static_range(stage - 1, -1, -1):  # (a constexpr assigned in the loop would not compile)
         right = tl.reshape(tl.arange(0, 2), [1] * (n_dims - j - 1) + [2] + [1] * j)
         lo = tl.min(h, n_dims - 1 - j, keep_dims=True)
         hi = tl.max(h, n_dims - 1 - j, keep_dims=True)
@@ -169,16 +168,12 @@ def _topk_kernel(
     """One program per BLOCK_N queries: stream bank tiles, keep a running top-K_PAD of packed keys."""
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
     row_mask = rows < N
-    q = load_rows(q_ptr, rows, row_mask, D, BLOCK_D, UPCAST)  # (BLOCK_N, BLOCK_D), resident
     d = tl.arange(0, BLOCK_D)  # (BLOCK_D,)
+    q = load_rows(q_ptr, rows, row_mask, d, D, UPCAST)  # (BLOCK_N, BLOCK_D), resident
     best = tl.zeros((BLOCK_N, K_PAD), dtype=tl.uint64)  # key 0 = "nothing yet", below every real key
     for m0 in range(0, M, BLOCK_M):
         cols = m0 + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
-        bt = tl.load(b_ptr + cols.to(tl.int64)[None, :] * D + d[:, None], mask=(cols < M)[None, :] & (d[:, None] < D),
-                     other=0.0)  # (BLOCK_D, BLOCK_M)
-        if UPCAST:  # the interpreter has no bf16 arithmetic
-            bt = bt.to(tl.float32)
-        scores = tl.dot(q, bt, input_precision=PREC)  # (BLOCK_N, BLOCK_M) float32
+        scores = tl.dot(q, load_cols(b_ptr, cols, cols < M, d, D, UPCAST), input_precision=PREC)  # (BLOCK_N, BLOCK_M)
         keys = tl.where((cols < M)[None, :], _pack(scores, cols[None, :]), 0)  # (BLOCK_N, BLOCK_M)
         # Early reject: merge only when some row has a key above its current k-th best.
         if tl.max((tl.max(keys, 1) > tl.min(best, 1)).to(tl.int32), 0) > 0:

@@ -21,18 +21,21 @@ import torch
 from torch import Tensor
 
 from ._checks import check_device, check_float, check_index, check_positive
-from ._dispatch import INTERPRET, acc_dtype, chunk_rows, exp_, logsumexp_, next_pow2, resolve_impl
+from ._dispatch import INTERPRET, acc_dtype, chunk_rows, exp_, logsumexp_, resolve_impl
 from ._tiles import (
     MAX_D,
     Launcher,
     bank_splits,
     by_precision,
+    chunked_scores,
     class_tiles,
     combine_lse2,
     common_dtype,
     configs,
+    d_blocks,
     dot_precision,
     group_bank,
+    load_cols,
     load_rows,
     tl,
     triton,
@@ -148,6 +151,22 @@ def _log2_weight(ptr, mask):
 
 
 @triton.jit
+def _two_scores(wq, sq, w_ptr, s_ptr, rows, row_mask, b_ptr, cols, col_mask, d, D, BLOCK_N: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr, UPCAST: tl.constexpr,
+                PREC: tl.constexpr):
+    """(weak, strong) scores (BLOCK_N, BLOCK_M) against one bank tile: half inputs read the tile once and dot it with
+    both resident query tiles; float32 goes in D chunks (see d_blocks)."""
+    if BLOCK_K == BLOCK_D:
+        bt = load_cols(b_ptr, cols, col_mask, d, D, UPCAST)  # (BLOCK_D, BLOCK_M)
+        sw = tl.dot(wq, bt, input_precision=PREC)
+        ss = tl.dot(sq, bt, input_precision=PREC)
+    else:
+        sw = chunked_scores(w_ptr, rows, row_mask, b_ptr, cols, col_mask, D, BLOCK_N, BLOCK_M, BLOCK_K, UPCAST, PREC)
+        ss = chunked_scores(s_ptr, rows, row_mask, b_ptr, cols, col_mask, D, BLOCK_N, BLOCK_M, BLOCK_K, UPCAST, PREC)
+    return sw, ss
+
+
+@triton.jit
 def _inst_fwd_kernel(
     w_ptr,  # (N, D) weak
     s_ptr,  # (N, D) strong
@@ -163,6 +182,7 @@ def _inst_fwd_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    BLOCK_K: tl.constexpr,
     UPCAST: tl.constexpr,
     PREC: tl.constexpr,
 ):
@@ -170,9 +190,13 @@ def _inst_fwd_kernel(
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
     row_mask = rows < N
     split = tl.program_id(1)
-    wq = load_rows(w_ptr, rows, row_mask, D, BLOCK_D, UPCAST)  # (BLOCK_N, BLOCK_D), resident
-    sq = load_rows(s_ptr, rows, row_mask, D, BLOCK_D, UPCAST)
     d = tl.arange(0, BLOCK_D)  # (BLOCK_D,)
+    if BLOCK_K == BLOCK_D:  # half inputs: both query tiles stay in registers
+        wq = load_rows(w_ptr, rows, row_mask, d, D, UPCAST)  # (BLOCK_N, BLOCK_D)
+        sq = load_rows(s_ptr, rows, row_mask, d, D, UPCAST)
+    else:  # float32: chunks re-read from memory (see d_blocks)
+        wq = 0.0
+        sq = 0.0
     m_s = tl.full((BLOCK_N,), float("-inf"), tl.float32)  # strong: running max, sum
     l_s = tl.zeros((BLOCK_N,), tl.float32)
     m_a = tl.full((BLOCK_N,), float("-inf"), tl.float32)  # target a = weak logit + log2 weight: max, sum
@@ -184,12 +208,9 @@ def _inst_fwd_kernel(
         for m0 in range(first, end, stride):
             cols = m0 + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
             col_mask = cols < end
-            bt = tl.load(b_ptr + cols.to(tl.int64)[None, :] * D + d[:, None],
-                         mask=col_mask[None, :] & (d[:, None] < D), other=0.0)  # (BLOCK_D, BLOCK_M), read once
-            if UPCAST:  # the interpreter has no bf16 arithmetic
-                bt = bt.to(tl.float32)
-            sw = tl.dot(wq, bt, input_precision=PREC)  # (BLOCK_N, BLOCK_M)
-            ss = tl.dot(sq, bt, input_precision=PREC) * scale
+            sw, ss = _two_scores(wq, sq, w_ptr, s_ptr, rows, row_mask, b_ptr, cols, col_mask, d, D, BLOCK_N, BLOCK_M,
+                                 BLOCK_D, BLOCK_K, UPCAST, PREC)
+            ss = ss * scale
             a = tl.where(col_mask[None, :], sw * scale + log_w[:, None], float("-inf"))
             m_new = tl.maximum(m_s, tl.max(tl.where(col_mask[None, :], ss, float("-inf")), 1))
             p = tl.where(col_mask[None, :], tl.exp2(ss - m_new[:, None]), 0.0)
@@ -230,40 +251,52 @@ def _inst_bwd_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_DO: tl.constexpr,
     UPCAST: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    """grad_strong[n] = g[n] sum_m (softmax_m(strong logits) - t[n, m]) bank[m] / T, all D columns at once."""
+    """grad_strong[n, cols] = g[n] sum_m (softmax_m(strong logits) - t[n, m]) bank[m, cols] / T.
+
+    Program (row block, split, column block of BLOCK_DO); half inputs: one column block holding all of D.
+    """
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
     row_mask = rows < N
     split = tl.program_id(1)
-    wq = load_rows(w_ptr, rows, row_mask, D, BLOCK_D, UPCAST)  # (BLOCK_N, BLOCK_D), resident
-    sq = load_rows(s_ptr, rows, row_mask, D, BLOCK_D, UPCAST)
     d = tl.arange(0, BLOCK_D)  # (BLOCK_D,)
+    d_out = tl.program_id(2) * BLOCK_DO + tl.arange(0, BLOCK_DO)  # (BLOCK_DO,)
+    if BLOCK_K == BLOCK_D:
+        wq = load_rows(w_ptr, rows, row_mask, d, D, UPCAST)  # (BLOCK_N, BLOCK_D), resident
+        sq = load_rows(s_ptr, rows, row_mask, d, D, UPCAST)
     lse_s = tl.load(stats_ptr + rows, mask=row_mask, other=0.0)  # (BLOCK_N,)
     lse_a = tl.load(stats_ptr + N + rows, mask=row_mask, other=float("-inf"))
     has_t = lse_a > float("-inf")
     g = tl.where(has_t, tl.load(gl_ptr + rows, mask=row_mask, other=0.0), 0.0)  # an empty target: loss 0, grad 0
     lse_a = tl.where(has_t, lse_a, 0.0)
-    acc = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+    acc = tl.zeros((BLOCK_N, BLOCK_DO), tl.float32)
     for c in range(0, C):
         first, end, stride = class_tiles(off_ptr, c, split, SPLITS, BLOCK_M)
         log_w = _log2_weight(cw_ptr + rows.to(tl.int64) * C + c, row_mask)  # (BLOCK_N,)
         for m0 in range(first, end, stride):
             cols = m0 + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
             col_mask = cols < end
-            bt = tl.load(b_ptr + cols.to(tl.int64)[None, :] * D + d[:, None],
-                         mask=col_mask[None, :] & (d[:, None] < D), other=0.0)  # (BLOCK_D, BLOCK_M), read once
-            if UPCAST:
-                bt = bt.to(tl.float32)
-            sw = tl.dot(wq, bt, input_precision=PREC)  # (BLOCK_N, BLOCK_M)
-            ss = tl.dot(sq, bt, input_precision=PREC)
+            if BLOCK_K == BLOCK_D:
+                bt = load_cols(b_ptr, cols, col_mask, d, D, UPCAST)  # (BLOCK_D, BLOCK_M), read once for all dots
+                sw = tl.dot(wq, bt, input_precision=PREC)  # (BLOCK_N, BLOCK_M)
+                ss = tl.dot(sq, bt, input_precision=PREC)
+            else:
+                sw = chunked_scores(w_ptr, rows, row_mask, b_ptr, cols, col_mask, D, BLOCK_N, BLOCK_M, BLOCK_K, UPCAST,
+                                    PREC)
+                ss = chunked_scores(s_ptr, rows, row_mask, b_ptr, cols, col_mask, D, BLOCK_N, BLOCK_M, BLOCK_K, UPCAST,
+                                    PREC)
             p = tl.exp2(tl.where(col_mask[None, :], ss * scale, float("-inf")) - lse_s[:, None])
             t = tl.exp2(tl.where(col_mask[None, :], sw * scale + log_w[:, None], float("-inf")) - lse_a[:, None])
+            if BLOCK_DO != BLOCK_D or BLOCK_K != BLOCK_D:
+                bt = load_cols(b_ptr, cols, col_mask, d_out, D, UPCAST)  # (BLOCK_DO, BLOCK_M)
             w = ((p - t) * g[:, None]).to(bt.dtype)  # (BLOCK_N, BLOCK_M)
-            acc = tl.dot(w, tl.trans(bt), acc, input_precision=PREC)  # (BLOCK_N, BLOCK_D)
-    out = (split * N + rows).to(tl.int64)[:, None] * D + d[None, :]
-    tl.store(gs_ptr + out, acc * inv_t, mask=row_mask[:, None] & (d[None, :] < D))
+            acc = tl.dot(w, tl.trans(bt), acc, input_precision=PREC)  # (BLOCK_N, BLOCK_DO)
+    out = (split * N + rows).to(tl.int64)[:, None] * D + d_out[None, :]
+    tl.store(gs_ptr + out, acc * inv_t, mask=row_mask[:, None] & (d_out[None, :] < D))
 
 
 # Kept configs: half inputs on tensor cores, float32 ("ieee", FMA units) with smaller row blocks (two resident
@@ -294,6 +327,7 @@ def _combine(part: Tensor) -> tuple[Tensor, Tensor]:
     loss = torch.where(has_t, (lse_s - weighted / torch.where(has_t, sum_a, 1.0)) / _LOG2E, 0.0)
     return loss, torch.stack([lse_s, lse_a])
 
+
 # --- autograd Function ---
 
 
@@ -312,8 +346,9 @@ class _TritonInstanceLoss(torch.autograd.Function):
         part = torch.empty(5, splits, n, dtype=torch.float32, device=s.device)  # (5, S, N)
         if n:
             grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), splits)  # noqa: E731
+            blocks = d_blocks(dt, d)
             _FWD[grid](w, s, rows, offsets, cw, part, n, d, cw.shape[1], splits, _LOG2E / temperature,
-                       BLOCK_D=next_pow2(d), UPCAST=INTERPRET, PREC=dot_precision(dt))
+                       BLOCK_D=blocks["BLOCK_D"], BLOCK_K=blocks["BLOCK_K"], UPCAST=INTERPRET, PREC=dot_precision(dt))
         loss, stats = _combine(part)  # (N,), (2, N)
         ctx.save_for_backward(w, s, rows, offsets, cw, stats.contiguous())
         ctx.temperature, ctx.input_dtype, ctx.splits = temperature, strong.dtype, splits
@@ -325,10 +360,11 @@ class _TritonInstanceLoss(torch.autograd.Function):
         n, d = s.shape
         grad = torch.zeros(ctx.splits, n, d, dtype=torch.float32, device=s.device)  # (S, N, D)
         if n:
-            grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), ctx.splits)  # noqa: E731
+            blocks = d_blocks(s.dtype, d)
+            grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), ctx.splits, triton.cdiv(d, blocks["BLOCK_DO"]))  # noqa: E731
             _BWD[grid](w, s, rows, offsets, cw, stats, grad_loss.float().contiguous(), grad, n, d, cw.shape[1],
-                       ctx.splits, _LOG2E / ctx.temperature, 1.0 / ctx.temperature, BLOCK_D=next_pow2(d),
-                       UPCAST=INTERPRET, PREC=dot_precision(s.dtype))
+                       ctx.splits, _LOG2E / ctx.temperature, 1.0 / ctx.temperature, **blocks, UPCAST=INTERPRET,
+                       PREC=dot_precision(s.dtype))
         grad = grad[0] if ctx.splits == 1 else grad.sum(0)  # (N, D)
         return None, grad.to(ctx.input_dtype), None, None, None, None
 

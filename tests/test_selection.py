@@ -127,3 +127,67 @@ def test_guard_small_wobbles_stay_silent():
     guard = CollapseGuard(patience=3, min_drop=0.02)
     for it, score in enumerate([0.50, 0.60, 0.599, 0.598, 0.597, 0.62]):
         assert guard.check_score(it, score) == []  # falling three times but by less than min_drop
+
+
+# ----------------------------------------------------------------------------- in the training loop
+def one_class_checkpoint(path, cls: int = 0):
+    """A source model that predicts class `cls` everywhere with certainty: the classifier ignores its features."""
+    from udaseg.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("compact", num_classes=19, width=8)
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.fill_(-20.0)
+        model.classifier.bias[cls] = 20.0
+    sd = model.state_dict()
+    torch.save({"model": sd, "teacher": sd, "iteration": 0,
+                "model_spec": {"name": "compact", "num_classes": 19, "kwargs": {"width": 8}}}, path)
+    return path
+
+
+def rows_of(out, stage):
+    import json
+
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if json.loads(x)["stage"] == stage]
+
+
+def test_a_collapsed_source_model_fires_the_warning(tmp_path, capsys):
+    import json
+
+    from tests.helpers import tiny_config
+    from udaseg.train import train
+
+    init = one_class_checkpoint(tmp_path / "one_class.pt")
+    cfg = tiny_config("self_training", **{"train.warmup_iters": 0, "train.init": str(init), "train.eval_every": 1})
+    train(cfg, tmp_path / "run")
+    out = capsys.readouterr().out
+    assert "POSSIBLE COLLAPSE at iteration 1 (diversity)" in out and "classes concerned: sidewalk, building" in out
+    warnings = rows_of(tmp_path / "run", "warning")
+    assert [w["kind"] for w in warnings] == ["diversity"] and "road 100 %" in warnings[0]["message"]
+    final = json.loads((tmp_path / "run" / "final.json").read_text())
+    assert final["unsupervised"]["warnings"][0]["iteration"] == 1
+    assert "collapse guard: 1 WARNING(S)" in out
+    pseudo = rows_of(tmp_path / "run", "pseudo")
+    assert [r["iter"] for r in pseudo] == [1, 2, 3] and pseudo[0]["effective_classes"] == pytest.approx(1.0)
+    assert pseudo[0]["per_class"]["share"]["road"] == pytest.approx(1.0)
+    assert "precision" in pseudo[0]["per_class"]  # the synthetic target has labels: monitoring only
+    select = rows_of(tmp_path / "run", "select")
+    assert [r["iter"] for r in select] == [0, 1, 2, 3] and all(r["agreement"] <= 1 / 19 + 1e-9 for r in select)
+    assert (tmp_path / "run" / "best_unsupervised.pt").is_file() and (tmp_path / "run" / "pseudo_labels.png").is_file()
+
+
+def test_rollback_ends_the_run_with_the_best_unsupervised_weights(tmp_path):
+    from tests.helpers import tiny_config
+    from udaseg.train import train
+
+    init = one_class_checkpoint(tmp_path / "one_class.pt")
+    cfg = tiny_config("self_training", **{"train.warmup_iters": 0, "train.init": str(init), "train.eval_every": 1,
+                                          "monitor.on_collapse": "rollback"})
+    result = train(cfg, tmp_path / "run")
+    assert [r["iter"] for r in rows_of(tmp_path / "run", "adapt")] == [1]  # stopped after the first window
+    best = torch.load(tmp_path / "run" / "best_unsupervised.pt", weights_only=True)
+    final = torch.load(tmp_path / "run" / "final.pt", weights_only=True)
+    assert all(torch.equal(best["teacher"][k], final["teacher"][k]) for k in best["teacher"])
+    assert result["unsupervised"]["warnings"][0]["kind"] == "diversity"
+    assert result["unsupervised"]["stopped_at"] == 1 and result["unsupervised"]["rolled_back_to"] == 0

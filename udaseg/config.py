@@ -93,7 +93,7 @@ class MonitorConfig:
     probe_size: list[int] = field(default_factory=list)  # resize them to (H, W); empty = data.target_resize or as is
     criterion: str = "agreement"  # label-free score that picks best_unsupervised.pt: agreement, im, snd, entropy
     confident: float = 0.968  # confidence a pseudo-label counts as "confident" at in the diagnostics (DAFormer)
-    collapse_ratio: float = 0.5  # warn when the pseudo-labels' effective class count < this x the source labels'
+    collapse_ratio: float = 0.4  # warn when the pseudo-labels' effective class count < this x the source labels'
     vanish_ratio: float = 0.1  # a class is named as vanished when its pseudo-label share < this x its source share
     coverage_drop: float = 0.5  # warn when the pseudo-labelled share of pixels < this x the first window's
     patience: int = 3  # warn when the label-free score fell at this many evaluations in a row ...

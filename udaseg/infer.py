@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
+import io
 import logging
 import os
 import re
@@ -286,12 +288,14 @@ def run_recording(backend, source, args, report: Report) -> None:
     everything written before the cut is closed properly and kept."""
     from udaseg.data.recordings import RecordingError, Subsample
     from udaseg.fileio import write_text
-    from udaseg.recordings_io import overlay
+    from udaseg.recordings_io import Background, overlay
 
     sub = Subsample(args.every, args.min_interval_s)
-    rows = ["index,stamp_ns,frame_id,name"]
+    rows = [["index", "stamp_ns", "frame_id", "name"]]
     with contextlib.ExitStack() as stack:
         out_dir, bag, video = recording_sinks(source, args, stack)
+        background = Background()
+        stack.callback(background.close)  # runs before the sinks close: every pending write lands first
         total = source.count() if hasattr(source, "count") and sub.every == 1 and not sub.min_interval_s else None
         bar = stack.enter_context(progress(total, "frame", args.progress))
         try:
@@ -303,18 +307,21 @@ def run_recording(backend, source, args, report: Report) -> None:
                 result = segment(backend, frame.image, args.size, args.confidence)
                 name = f"frame{frame.index:06d}"
                 if bag is not None:
-                    bag.write(frame, result)
+                    bag.write(frame, result)  # queued on the bag's own writer thread
                 if video is not None:
-                    video.write(overlay(frame.image, result["color"]), round(frame.stamp_ns / 1e9 / source.time_base))
+                    pts = round(frame.stamp_ns / 1e9 / source.time_base)
+                    background.submit(lambda f=frame, r=result, t=pts: video.write(overlay(f.image, r["color"]), t))
                 if out_dir is not None:
-                    report.written += write_pngs(out_dir, name, result)
-                    rows.append(f"{frame.index},{frame.stamp_ns},{frame.frame_id},{name}")
+                    background.submit(lambda n=name, r=result: report.written.extend(write_pngs(out_dir, n, r)))
+                    rows.append([frame.index, frame.stamp_ns, frame.frame_id, name])
                 report.inputs_done += 1
         except RecordingError as e:
             report.fault = str(e)
         finally:
             if out_dir is not None and len(rows) > 1:
-                report.written.append(write_text(out_dir / "frames.csv", "\n".join(rows) + "\n"))
+                text = io.StringIO()
+                csv.writer(text, lineterminator="\n").writerows(rows)
+                report.written.append(write_text(out_dir / "frames.csv", text.getvalue()))
     report.written += [w.path for w in (bag, video) if w is not None]
 
 

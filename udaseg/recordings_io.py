@@ -57,6 +57,17 @@ class BagWriter:
         self.writer = None
 
     def __enter__(self) -> BagWriter:
+        # sqlite3 connections belong to the thread that made them: the bag lives on its own writer thread, where
+        # serialising and writing also overlap the next frame's model call
+        self._thread = Background()
+        try:
+            self._thread.call(self._open)
+        except BaseException:
+            self._thread.close()
+            raise
+        return self
+
+    def _open(self) -> None:
         from rosbags.rosbag2 import Writer
         from rosbags.rosbag2.enums import StoragePlugin
 
@@ -70,13 +81,16 @@ class BagWriter:
         names = ["labels", "color"] + (["confidence"] if self.confidence else [])
         self.conns = {n: self.writer.add_connection(f"{self.base}/{n}", "sensor_msgs/msg/Image",
                                                     typestore=self.store) for n in names}
-        return self
 
     def topics(self) -> list[str]:
         return [c.topic for c in self.conns.values()]
 
     def write(self, frame, result: dict) -> None:
-        """`frame`: a recordings.Frame; `result`: infer.segment's labels, color[, confidence or confidence_f32]."""
+        """`frame`: a recordings.Frame; `result`: infer.segment's labels, color[, confidence or confidence_f32].
+        Queued for the writer thread (an error surfaces at a later write or at the end)."""
+        self._thread.submit(self._write, frame, result)
+
+    def _write(self, frame, result: dict) -> None:
         msgs = {"labels": (result["labels"], "mono8"), "color": (result["color"], "rgb8")}
         if self.confidence:
             msgs["confidence"] = ((result["confidence_f32"], "32FC1") if self.float_confidence
@@ -94,6 +108,15 @@ class BagWriter:
     def __exit__(self, *exc) -> None:
         """Close the bag and move its storage file into place, also after an exception: the frames written so far
         are kept. Only a failure to write the bag itself removes it."""
+        try:
+            self._thread.drain()
+        finally:
+            try:
+                self._thread.call(self._close)
+            finally:
+                self._thread.close()
+
+    def _close(self) -> None:
         try:
             self.writer.close()
             stored = next(self._tmp.glob(f"*{self.path.suffix}"))
@@ -155,6 +178,45 @@ class VideoWriter:
             self._stack.__exit__(type(e), e, e.__traceback__)
             raise
         self._stack.__exit__(None, None, None)
+
+
+class Background:
+    """Writes on one worker thread, in order, at most `depth` pending: the next frame's model call (which releases
+    the GIL) overlaps the previous frame's serialisation and disk writes. A write's error is raised in the caller at
+    the next `submit` or at `close`."""
+
+    def __init__(self, depth: int = 4) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool, self.depth, self.pending = ThreadPoolExecutor(1, thread_name_prefix="udaseg-write"), depth, []
+
+    def submit(self, fn, *args) -> None:
+        while self.pending and (len(self.pending) >= self.depth or self.pending[0].done()):
+            self.pending.pop(0).result()
+        self.pending.append(self.pool.submit(fn, *args))
+
+    def call(self, fn, *args):
+        """Run fn(*args) on the worker thread after the pending writes and return its result."""
+        self.drain()
+        return self.pool.submit(fn, *args).result()
+
+    def drain(self) -> None:
+        """Wait for every pending write (the first error is raised after all have run)."""
+        pending, self.pending = self.pending, []
+        errors = []
+        for future in pending:
+            try:
+                future.result()
+            except BaseException as e:  # noqa: BLE001 (re-raised below, after the others finished)
+                errors.append(e)
+        if errors:
+            raise errors[0]
+
+    def close(self) -> None:
+        try:
+            self.drain()
+        finally:
+            self.pool.shutdown(wait=True)
 
 
 def overlay(image: np.ndarray, color: np.ndarray, alpha: float = 0.5) -> np.ndarray:

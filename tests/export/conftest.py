@@ -86,4 +86,5 @@ def dynamic_onnx(checkpoint, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("onnx-dynamic") / "dynamic.onnx"
     args = ["--checkpoint", str(checkpoint), "--output", str(out), "--height", str(SIZE[0]), "--width", str(SIZE[1])]
-    return main([*args, "--dynamic", "--labels-dtype", "uint8", "--input-dtype", "uint8"])
+    assert main([*args, "--dynamic", "--labels-dtype", "uint8", "--input-dtype", "uint8"]) == 0
+    return out

@@ -40,6 +40,7 @@ def make_fake_tensorrt(version: str, layer_info: str = '{"Layers": []}', parse_e
     trt.ProfilingVerbosity = SimpleNamespace(DETAILED=2)
     trt.LayerInformationFormat = SimpleNamespace(JSON=1)
     trt.TensorIOMode = SimpleNamespace(INPUT=1, OUTPUT=2)
+    trt.Dims = lambda shape=(): list(shape)  # the real Dims is a sequence of ints too (len, [i])
 
     class Logger:
         WARNING = 2

@@ -7,8 +7,10 @@ import torch
 
 from udaseg.kernels import bank_topk, use_impl
 
-# (N, M, D, k): 1 x 1, primes, k = M, k not a power of two, more rows than one interpreter block (16 x 32).
-SHAPES = [(1, 1, 1, 1), (67, 53, 37, 5), (70, 50, 40, 50), (13, 41, 3, 16), (5, 61, 8, 33)]
+# (N, M, D, k): 1 x 1, primes, k = M, k not a power of two, more rows than one interpreter block (16 x 32), the
+# contract's D = 256. k > 64 takes the chunked path under impl="triton" (the running top-k lives in registers).
+SHAPES = [(1, 1, 1, 1), (67, 53, 37, 5), (70, 50, 40, 50), (13, 41, 3, 16), (5, 61, 8, 33), (9, 40, 256, 5),
+          (3, 80, 4, 70)]
 
 
 def _data(n: int, m: int, d: int, dtype: torch.dtype, seed: int = 0):
@@ -25,6 +27,17 @@ def test_matches_float64_reference(impl, n, m, d, k, dtype, assert_close):
     assert scores.dtype == torch.float32 and index.dtype == torch.int64
     assert scores.shape == index.shape == (n, k)
     assert_close(scores, ref_scores, 1e-5, 1e-5, "scores")
+    assert torch.equal(index, ref_index), f"{(index != ref_index).sum().item()} indices differ"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_inputs_match_float64_reference_of_the_rounded_inputs(impl, dtype, assert_close):
+    # Scores of half inputs accumulate in float32: equal to the float64 products of the rounded inputs up to
+    # ~1e-6; indices agree wherever neighbouring scores differ by more than that (random data: everywhere).
+    query, bank = _data(9, 40, 256, dtype)
+    scores, index = bank_topk(query, bank, 5, impl=impl)
+    ref_scores, ref_index = bank_topk(query.double(), bank.double(), 5, impl="torch")
+    assert_close(scores, ref_scores, 1e-4, 1e-6, "scores")
     assert torch.equal(index, ref_index), f"{(index != ref_index).sum().item()} indices differ"
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tests.helpers import ROOT, assert_states_equal, tiny_config, triton_kernels_present
-from udaseg.methods import REGISTRY, Method, Step, build_methods, register_method
+from udaseg.methods import REGISTRY, Method, Step, build_methods, register_method, resolve_warmup
 from udaseg.models import build_model
 
 C = 4
@@ -90,11 +90,13 @@ def uses_kernels(name: str) -> bool:
     return any(getattr(v, "__module__", "").startswith("udaseg.kernels") for v in vars(module).values())
 
 
-KERNEL_RUNS = ["dida", "cpsl", "hiast+diga+tdi"]  # one subprocess each (~30 s under the interpreter)
+# one subprocess each (~30 s under the interpreter); the last one runs DiGA's warm-up stage too
+KERNEL_RUNS = {"dida": {}, "cpsl": {}, "hiast+diga+tdi": {"train.warmup": "diga", "methods.tdi.pixels": 64}}
 
 
 def test_every_method_that_calls_a_kernel_is_compared():
     covered = {n for spec in KERNEL_RUNS for n in spec.split("+")}
+    covered |= {resolve_warmup(o["train.warmup"]) for o in KERNEL_RUNS.values() if "train.warmup" in o}
     assert {n for n in REGISTRY if uses_kernels(n)} <= covered
 
 
@@ -103,7 +105,7 @@ def test_every_method_that_calls_a_kernel_is_compared():
 def test_triton_kernels_train_like_torch(spec, tmp_path):
     """--kernels triton vs torch from one checkpoint taken after the first adaptation step (state filled)."""
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    overrides = json.dumps({"data.rcs": False, "methods.tdi.pixels": 64})
+    overrides = json.dumps({"data.rcs": False, **KERNEL_RUNS[spec]})
     out = subprocess.run([sys.executable, str(ROOT / "tests/methods/compare_kernels.py"), spec, str(tmp_path),
                           overrides], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -1,22 +1,12 @@
 """CPSL: each component against a direct reimplementation of its formula, state, and runs through the loop."""
 
-import io
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.helpers import (
-    assert_states_equal,
-    check_resume_exact,
-    run_ddp,
-    tiny_config,
-)
-from tests.methods.method_helpers import ROOT, triton_kernels_present
+from tests.helpers import assert_states_equal, check_resume_exact, run_ddp, tiny_config
 from udaseg.data.labels import IGNORE_INDEX
 from udaseg.methods.base import Step
 from udaseg.methods.cpsl import CPSL, CPSLOptions
@@ -205,20 +195,9 @@ def test_only_target_pixels_of_the_mix_are_used():
     assert {tuple(r.tolist()) for r in m.scratch(step)["sampled"]} == {tuple(r.tolist()) for r in weak}
 
 
-def test_state_dict_roundtrip_with_weights_only_load():
-    m = make(queue_size=8)
-    m.push(torch.randn(11, D))
-    m.update_prior(torch.tensor([1, 2, 3]))
-    m.initialized = True
-    m.key_head.update(m.head, 0.9)
-    buf = io.BytesIO()
-    torch.save(m.state_dict(), buf)
-    buf.seek(0)
-    other = make(queue_size=8)
-    other.load_state_dict(torch.load(buf, weights_only=True))
-    assert_states_equal(m.state_dict(), other.state_dict())
+def test_load_rejects_a_queue_of_another_size():  # the round trip itself: tests/methods/test_contract.py
     with pytest.raises(ValueError, match="queue has shape"):
-        make(queue_size=9).load_state_dict(m.state_dict())
+        make(queue_size=9).load_state_dict(make(queue_size=8).state_dict())
 
 
 # ----------------------------------------------------------------------------- through the loop
@@ -226,7 +205,7 @@ def test_trains_and_resumes(tmp_path):
     check_resume_exact(tiny_config("cpsl"), tmp_path, stop_after=3)  # bitwise: weights, heads, method state
     rows = [json.loads(r) for r in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
     adapt = [r for r in rows if r["stage"] == "adapt"]
-    assert adapt and all("self_label" in r and "consistency" in r for r in adapt)
+    assert adapt and all("cpsl/self_label" in r and "cpsl/consistency" in r for r in adapt)
     payload = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)
     state = payload["methods"]["cpsl"]
     assert state["initialized"] and state["queue_filled"] > 0 and state["prior_steps"] == 3
@@ -241,20 +220,7 @@ def test_dida_cpsl_two_process_ddp_state_is_identical_on_both_ranks(tmp_path):
     assert_states_equal(states[0], states[1])
     rows = [json.loads(r) for r in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if r["stage"] != "eval"]
-    assert {"instance", "self_label", "consistency"} <= set(rows[-1])
-
-
-@pytest.mark.skipif(not triton_kernels_present(), reason="triton is not installed: no Triton kernel can run")
-def test_triton_kernels_train_like_torch(tmp_path):
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, str(ROOT / "tests/methods/compare_kernels.py"), "cpsl", str(tmp_path)],
-                         env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert {"self_label", "consistency"} <= set(result["loss_keys"]) and result["iterations"] == 3
-    assert result["first_step_rel_diff"] < 1e-4, result  # same weights and inputs: float32 rounding only
-    # later steps: Adam turns ulp-level gradient differences of near-zero components into lr-sized steps
-    assert result["loss_diff"] < 1e-2 and result["state_diff"] < 2e-2, result
+    assert {"dida/instance", "cpsl/self_label", "cpsl/consistency"} <= set(rows[-1])
 
 
 def test_unknown_self_label_view_is_rejected():

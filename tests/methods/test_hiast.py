@@ -1,6 +1,5 @@
 """HIAST: each component against a direct reimplementation of its formula, state, and runs through the loop."""
 
-import io
 import math
 
 import numpy as np
@@ -169,26 +168,9 @@ def test_losses_use_target_regions_of_the_mix():
         torch.testing.assert_close(got[k], w * exp[k])
 
 
-def test_state_dict_roundtrip_with_weights_only_load():
-    m = make(pool_size=3)
-    for seed in (1, 2, 3):
-        step = fake_step(seed=seed)
-        m.pseudo_labels(step)
-        m.mix(step)
-        m.update(step)
-    buf = io.BytesIO()
-    torch.save(m.state_dict(), buf)
-    buf.seek(0)
-    other = make(pool_size=3)
-    other.load_state_dict(torch.load(buf, weights_only=True))
-    assert_states_equal(m.state_dict(), other.state_dict())
-    a, b = fake_step(seed=9), fake_step(seed=9)
-    for meth, s in ((m, a), (other, b)):
-        meth.pseudo_labels(s)
-        meth.mix(s)
-    assert torch.equal(a.mix_image, b.mix_image) and torch.equal(a.pseudo_label, b.pseudo_label)
+def test_load_rejects_thresholds_of_another_class_count():  # round trip: tests/methods/test_contract.py
     with pytest.raises(ValueError, match="thresholds"):
-        HIAST(HIASTOptions(), num_classes=C + 1).load_state_dict(m.state_dict())
+        HIAST(HIASTOptions(), num_classes=C + 1).load_state_dict(make().state_dict())
 
 
 TINY = {"data.rcs": False, "methods.hiast.pool_size": 4}  # rare-class sampling is not what these tests check

@@ -55,6 +55,8 @@ class Monitor:
         self.previous: torch.Tensor | None = None  # probe class maps of the last window (change rate)
         self.evaluations: list[dict] = []  # the "select" rows so far
         self.stop_requested = False
+        self.stopped_at: int | None = None  # iteration the collapse guard ended the run at (rank 0 knows it)
+        self.rolled_back_to: int | None = None  # iteration of the weights monitor.on_collapse=rollback put back
         self.rows_path = self.out / "metrics.jsonl"
         if self.enabled:
             self._rebuild()
@@ -155,7 +157,8 @@ class Monitor:
             append_jsonl(self.rows_path, {"iter": sign.iteration, "stage": "warning", **sign.as_dict()})
             tqdm.write(banner(sign, self.cfg.on_collapse))
         flag = torch.tensor([1.0 if fired and self.cfg.on_collapse != "warn" else 0.0])
-        self.stop_requested = self.stop_requested or bool(dist.broadcast_tensor(flag)[0] > 0)
+        if bool(dist.broadcast_tensor(flag)[0] > 0) and not self.stop_requested:
+            self.stop_requested, self.stopped_at = True, max(s.iteration for s in fired) if fired else None
 
     def rollback(self, teacher, student) -> int | None:
         """With monitor.on_collapse=rollback: put best_unsupervised.pt's weights back (every rank calls); returns its
@@ -168,6 +171,7 @@ class Monitor:
         payload = load_checkpoint(self.out / BEST)
         teacher.load_state_dict(payload["teacher"])
         student.load_state_dict(payload["model"])
+        self.rolled_back_to = int(payload["iteration"])
         if dist.is_main():
             tqdm.write(f"rolled back to iteration {payload['iteration']}'s weights ({BEST})")
         return int(payload["iteration"])
@@ -185,6 +189,8 @@ class Monitor:
             tqdm.write(banner(sign, self.cfg.on_collapse))
         viz.pseudo_labels(self.rows_path, self.out / "pseudo_labels.png")
         summary = summarize(self.evaluations, self.guard.signs, self.cfg.criterion, viz.read_jsonl(self.rows_path))
+        summary["stopped_at"] = self.stopped_at
+        summary["rolled_back_to"] = self.rolled_back_to
         print(summary_text(summary, self.class_names))
         return summary
 

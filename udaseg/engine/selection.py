@@ -162,7 +162,7 @@ class CollapseGuard:
     Each kind is reported once (the first time it shows); `signs` keeps them all for the summary.
     """
 
-    ratio: float = 0.5
+    ratio: float = 0.4
     vanish: float = 0.1
     coverage_drop: float = 0.5
     patience: int = 3

@@ -8,8 +8,9 @@ import torch
 
 from udaseg.kernels import bank_class_logsumexp
 
-# (N, M, D, C): 1 x 1, primes, more rows than one interpreter block (16), a class spanning several tiles (C = 2).
-SHAPES = [(1, 1, 1, 1), (67, 53, 37, 7), (70, 50, 40, 2), (17, 41, 3, 19)]
+# (N, M, D, C): 1 x 1, primes, more rows than one interpreter block (16), a class spanning several tiles (C = 2),
+# the contract's D = 256 (interpreter: 3 bank splits at N <= 20, 2 at N <= 64: the combine step runs).
+SHAPES = [(1, 1, 1, 1), (67, 53, 37, 7), (70, 50, 40, 2), (17, 41, 3, 19), (20, 45, 256, 5)]
 
 
 def _data(n, m, d, c, dtype=torch.float32, seed=0):
@@ -43,6 +44,31 @@ def test_forward_and_grad_match_float64_reference(impl, n, m, d, c, dtype, asser
     assert q.grad.dtype == dtype
     tol = 1e-4 if dtype == torch.float32 else 1e-3  # a float16 grad is rounded to float16 (rel. 5e-4)
     assert_close(q.grad, q64.grad, tol, tol, "grad")
+
+
+@pytest.mark.parametrize("n,m,d,c", [(20, 45, 256, 5), (40, 37, 64, 3)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_inputs_match_float64_reference_of_the_rounded_inputs(impl, n, m, d, c, dtype, assert_close):
+    # What the loop hands the kernels under AMP on CUDA: half embeddings and bank. The reference sees the same
+    # rounded values in float64, so the only error left is the kernels' float32 accumulation (forward, ~1e-6 of
+    # scores |s / T| <= ~50 here) and the rounding of the returned gradient to the input dtype (2^-8 relative for
+    # bf16, 2^-11 for fp16). On a GPU the half path also rounds the softmax weights to the input dtype before the
+    # gradient's tensor-core dot (as flash attention does): the GPU test allows for that, this one runs the
+    # interpreter, which computes that dot in float32.
+    query, bank, labels = _data(n, m, d, c)
+    query = torch.nn.functional.normalize(query, dim=1).mul(2).to(dtype)
+    bank = torch.nn.functional.normalize(bank, dim=1).to(dtype)
+    q = query.clone().requires_grad_()
+    out = bank_class_logsumexp(q, bank, labels, c, 0.1, impl=impl)
+    q64 = query.double().requires_grad_()
+    ref = bank_class_logsumexp(q64, bank.double(), labels, c, 0.1, impl="torch")
+    assert_close(out, ref, 2e-5, 1e-5, "forward")
+    weight = torch.randn(n, c, generator=torch.Generator().manual_seed(1))
+    _masked_sum(out, weight).backward()
+    _masked_sum(ref, weight.double()).backward()
+    assert q.grad.dtype == dtype
+    ulp = 2.0**-8 if dtype == torch.bfloat16 else 2.0**-11
+    assert_close(q.grad, q64.grad, 1e-4, ulp, "grad")
 
 
 def test_class_far_below_the_row_max_stays_finite(impl, assert_close):

@@ -7,8 +7,9 @@ import torch
 
 from udaseg.kernels import class_feature_sums
 
-# (N, D, C): 1 x 1, primes, more row blocks than interpreter programs (3 x 32 rows), more classes than rows.
-SHAPES = [(1, 1, 1), (67, 37, 7), (300, 40, 19), (5, 3, 20)]
+# (N, D, C): 1 x 1, primes, more row blocks than interpreter programs (3 x 32 rows), more classes than rows, the
+# contract's D = 256.
+SHAPES = [(1, 1, 1), (67, 37, 7), (300, 40, 19), (5, 3, 20), (70, 256, 19)]
 
 
 def _data(n, d, c, dtype=torch.float32, seed=0):
@@ -20,7 +21,7 @@ def _data(n, d, c, dtype=torch.float32, seed=0):
 
 
 @pytest.mark.parametrize("n,d,c", SHAPES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_sums_counts_and_grad_match_float64_reference(impl, n, d, c, dtype, assert_close):
     features, labels = _data(n, d, c, dtype)
     f = features.clone().requires_grad_()
@@ -34,7 +35,8 @@ def test_sums_counts_and_grad_match_float64_reference(impl, n, d, c, dtype, asse
     (sums * weight).sum().backward()
     (ref_sums * weight.double()).sum().backward()
     assert f.grad.dtype == dtype
-    assert_close(f.grad, f64.grad, 1e-3, 1e-3, "grad")  # exact up to the float16 rounding of the grad
+    tol = 2.0**-8 if dtype == torch.bfloat16 else 1e-3  # exact up to the rounding of the grad to the input dtype
+    assert_close(f.grad, f64.grad, tol, tol, "grad")
 
 
 def test_all_ignored_gives_zeros(impl):

@@ -8,8 +8,9 @@ import torch
 
 from udaseg.kernels import instance_consistency_loss
 
-# (N, M, D, C): 1 x 1, primes, more rows than one interpreter block (16), few classes spanning several tiles.
-SHAPES = [(1, 1, 1, 1), (67, 53, 37, 7), (70, 50, 40, 2), (17, 41, 3, 19)]
+# (N, M, D, C): 1 x 1, primes, more rows than one interpreter block (16), few classes spanning several tiles, the
+# contract's D = 256 (interpreter: 3 bank splits at N <= 20, 2 at N <= 64: the combine step runs).
+SHAPES = [(1, 1, 1, 1), (67, 53, 37, 7), (70, 50, 40, 2), (17, 41, 3, 19), (20, 45, 256, 5)]
 
 
 def _data(n, m, d, c, dtype=torch.float32, seed=0):
@@ -40,6 +41,27 @@ def test_forward_and_grad_match_float64_reference(impl, n, m, d, c, dtype, asser
     tol = 1e-4 if dtype == torch.float32 else 1e-3  # a float16 grad is rounded to float16
     assert_close(s.grad, s64.grad, tol, tol, "grad strong")
     assert w.grad is None or not w.grad.any(), "weak is a target: no gradient"
+
+
+@pytest.mark.parametrize("n,m,d,c", [(20, 45, 256, 5), (40, 37, 64, 3)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_inputs_match_float64_reference_of_the_rounded_inputs(impl, n, m, d, c, dtype, assert_close):
+    # The loop under AMP on CUDA: half embeddings and bank, float32 class weights. The reference sees the same
+    # rounded values in float64: left are the float32 accumulation (loss) and the rounding of the returned
+    # gradient to the input dtype (2^-8 relative for bf16, 2^-11 for fp16).
+    weak, strong, bank, labels, weights = _data(n, m, d, c)
+    weak, strong, bank = (torch.nn.functional.normalize(t, dim=1).to(dtype) for t in (weak, strong, bank))
+    s = strong.clone().requires_grad_()
+    loss = instance_consistency_loss(weak, s, bank, labels, weights, 0.1, impl=impl)
+    s64 = strong.double().requires_grad_()
+    ref = instance_consistency_loss(weak.double(), s64, bank.double(), labels, weights.double(), 0.1, impl="torch")
+    assert_close(loss, ref, 2e-5, 1e-5, "loss")
+    grad_out = torch.randn(n, generator=torch.Generator().manual_seed(1))
+    (loss * grad_out).sum().backward()
+    (ref * grad_out.double()).sum().backward()
+    assert s.grad.dtype == dtype
+    ulp = 2.0**-8 if dtype == torch.bfloat16 else 2.0**-11
+    assert_close(s.grad, s64.grad, 1e-4, ulp, "grad strong")
 
 
 def test_closed_form_two_slots(impl, assert_close):
