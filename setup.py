@@ -1,8 +1,9 @@
 """Builds the optional C++ extension ``udaseg._runtime``; all metadata lives in pyproject.toml.
 
 The extension binds the C++ runtime's pre/post-processing, engine-metadata reader and tensor-type table
-(export/runtime, the library a perception stack links); tests use it to check that C++ and Python agree. It is optional: without pybind11 or a C++ compiler,
-or if the build fails, udaseg still installs and imports, and a warning says what was skipped.
+(export/runtime, the library a perception stack links); tests use it to check that C++ and Python agree.
+It is optional: without pybind11 or a C++ compiler, or if the build fails, udaseg still installs and imports,
+and a warning says what was skipped.
 For development: ``python setup.py build_ext --inplace`` (or ``pip install -e .``).
 """
 

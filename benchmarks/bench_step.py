@@ -2,11 +2,12 @@
 
     python benchmarks/bench_step.py                       # small (CPU) size: 128x256 crops, batch 4, compact model
     python benchmarks/bench_step.py --size paper          # 512x512 crops, batch 2, DeepLabV2-R101, 19 x 2000 bank (GPU)
+    python benchmarks/bench_step.py --size paper --kernels triton,torch --no-amp   # float32 embeddings instead
 
 Each (method, kernels) pair is a fresh `python -m udaseg.train` process that adapts for `--iters` iterations on a
 small synthetic set; the time per iteration is measured between the first and last logged rows (so start-up and
 the first iterations are left out), peak memory is the process's own. `self_training` is the common loop alone:
-a method's overhead is its step time minus that row's. Results: benchmarks/results/step-<device>.{json,md}.
+a method's overhead is its step time minus that row's. Results: benchmarks/results/step-<cpu|cuda>-<size>.{json,md}.
 """
 
 from __future__ import annotations
@@ -37,16 +38,16 @@ def step_seconds(metrics: Path) -> float:
     return (b["iter"] / b["it_per_s"] - a["iter"] / a["it_per_s"]) / (b["iter"] - a["iter"])
 
 
-def measure(method: str, impl: str, size: str, iters: int, out: Path) -> dict:
+def measure(method: str, impl: str, size: str, iters: int, out: Path, amp: bool = True) -> dict:
     sets = [*SIZES[size], "data.workers=1", "train.eval_every=0", "train.samples=0", "train.ckpt_every=0",
-            f"train.log_every={max(iters // 4, 1)}", "data.val=synthetic_target"]
+            f"train.log_every={max(iters // 4, 1)}", "data.val=synthetic_target", f"train.amp={str(amp).lower()}"]
     if size == "small":
         sets.append("data.synthetic={count: 32}")
     args = [sys.executable, "-m", "udaseg.train", "--out", str(out), "--method", method, "--kernels", impl,
             "--warmup-iters", "0", "--iters", str(iters)] + [x for s in sets for x in ("--set", s)]
     subprocess.run(args, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     final = json.loads((out / "final.json").read_text())
-    return {"method": method, "kernels": impl, "step_ms": 1000 * step_seconds(out / "metrics.jsonl"),
+    return {"method": method, "kernels": impl, "amp": amp, "step_ms": 1000 * step_seconds(out / "metrics.jsonl"),
             "peak_memory_mb": final["peak_memory_mb"]}
 
 
@@ -70,6 +71,8 @@ def main() -> None:
     p.add_argument("--size", choices=sorted(SIZES), default="small")
     p.add_argument("--iters", type=int, default=60)
     p.add_argument("--out", default="runs/bench_step")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
+                   help="autocast on CUDA (bf16 where supported): the kernels get half embeddings (default: on)")
     args = p.parse_args()
     cuda = torch.cuda.is_available()
     if args.size == "paper" and not cuda:
@@ -78,13 +81,13 @@ def main() -> None:
     for method in args.methods.split(","):
         for impl in args.kernels.split(","):
             out = ROOT / args.out / args.size / f"{method.replace('+', '-')}-{impl}"
-            rows.append(measure(method, impl, args.size, args.iters, out))
+            rows.append(measure(method, impl, args.size, args.iters, out, args.amp))
             print(rows[-1])
     device = torch.cuda.get_device_name(0) if cuda else f"cpu ({platform.processor() or 'x86_64'}, "
     device += "" if cuda else f"{torch.get_num_threads()} threads)"
     meta = {"device": device, "size": args.size, "setting": " ".join(SIZES[args.size]), "iters": args.iters,
-            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
-    tag = f"step-{'gpu' if cuda else 'cpu'}-{args.size}"
+            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "amp": args.amp}
+    tag = f"step-{'cuda' if cuda else 'cpu'}-{args.size}"
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{tag}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     (RESULTS / f"{tag}.md").write_text(markdown(rows, meta))

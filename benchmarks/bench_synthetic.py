@@ -189,7 +189,8 @@ def markdown(rows: dict[str, dict], meta: dict, rare: list[str]) -> str:
 
 def selection_markdown(rows: dict[str, dict]) -> str:
     """The checkpoint-selection table: target mIoU of the checkpoint picked without labels vs the best and last."""
-    picked = {k: r["selection"] for k, r in rows.items() if r.get("selection")}
+    picked = {k: r["selection"] for k, r in rows.items()  # the oracle's start is a random model: no row
+              if r.get("selection") and k.split("@")[0] != "oracle"}
     if not picked:
         return ""
     criterion = next(iter(picked.values()))["criterion"]

@@ -11,7 +11,8 @@ sizes: the paper sizes' divisibility, small tensors) runs on CPU with impl="trit
 specialised for the target exactly as Triton's launcher would (argument types, divisibility, constexprs) and
 compiled for every autotune config the launcher keeps for that call (after its pruning).
 
-Per kernel x config x dtype x arch: registers, stack and local bytes (`cuobjdump -res-usage`; > 0 means spills),
+Per kernel x config x dtype x arch: registers, stack and local bytes (`cuobjdump -res-usage`), spill stores and
+loads (`ptxas -v` on the same PTX with Triton's flags: the spill verdict; a stack frame alone is not a spill),
 shared memory (Triton's request, checked against the arch's per-block limit), and the tensor-core instruction
 kind (wgmma = HGMMA on sm_90, mma = HMMA, tcgen05 on sm_100, none) from PTX and SASS. Exit code 1 on a compile
 error, a spill, too much shared memory, or a bank GEMM (``Launcher(tensor_cores=True)``) without tensor-core
@@ -27,6 +28,7 @@ os.environ.pop("TRITON_INTERPRET", None)  # compile, don't interpret: must happe
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton 3.9's default, stated (it warns when unset)
 
 import argparse  # noqa: E402
+import json  # noqa: E402
 import multiprocessing  # noqa: E402
 import re  # noqa: E402
 import subprocess  # noqa: E402
@@ -134,6 +136,24 @@ def _error_text(error: BaseException) -> str:
     return f"{type(error).__name__}: {type(root).__name__}: {' '.join(str(root).split())[-300:]}"
 
 
+def _ptxas_spills(ptx: str, arch: int, fp_fusion: bool) -> dict:
+    """Stack frame and spill bytes as ptxas -v reports them, assembling the PTX with Triton's own ptxas and flags."""
+    from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "k.ptx"
+        src.write_text(ptx)
+        fmad = [] if fp_fusion else ["--fmad=false"]
+        cmd = [get_ptxas(arch).path, "-lineinfo", "-v", "--regAllocOptLevel=2", *fmad,
+               f"--gpu-name={sm_arch_from_capability(arch)}", str(src), "-o", str(Path(tmp) / "k.o")]
+        log = subprocess.run(cmd, capture_output=True, text=True).stderr
+    found = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    if not found:
+        raise RuntimeError(f"ptxas -v printed no spill line: {log[-300:]}")
+    frame, stores, loads = (int(x) for x in found.groups())
+    return {"stack_frame": frame, "spill_stores": stores, "spill_loads": loads}
+
+
 def run_job(index_arch: tuple[int, int]) -> dict:
     """Compile one (job, arch) and judge it; never raises (a failure is a row)."""
     index, arch = index_arch
@@ -145,6 +165,7 @@ def run_job(index_arch: tuple[int, int]) -> dict:
         compiled = _compile(job["fn"], job["args"], job["meta"], arch)
         ptx = compiled.asm["ptx"]
         row.update(_resources(compiled.asm["cubin"], triton_tools()))
+        row.update(_ptxas_spills(ptx, arch, bool(compiled.metadata.enable_fp_fusion)))
         row["shared_bytes"] = int(compiled.metadata.shared) + row["static_shared"]
         row["tc_kind"] = next((kind for kind, text in TC_PTX if text in ptx), "none")
     except Exception as error:  # noqa: BLE001 - a compile error is a result
@@ -159,8 +180,9 @@ def problems(row: dict, arch: int) -> list[str]:
     if "error" in row:
         return [f"compile error: {row['error']}"]
     out = []
-    if row["stack_bytes"] or row["local_bytes"]:
-        out.append(f"spills: {row['stack_bytes']} B stack, {row['local_bytes']} B local")
+    if row["spill_stores"] or row["spill_loads"] or row["local_bytes"]:
+        out.append(f"spills: {row['spill_stores']} B stored, {row['spill_loads']} B loaded, "
+                   f"{row['local_bytes']} B local")
     if row["shared_bytes"] > SMEM_LIMIT[arch]:
         out.append(f"shared memory {row['shared_bytes']} B > {SMEM_LIMIT[arch]} B on sm_{arch}")
     if row["tensor_cores"] and row["dtype"] != "float32" and row["tc_kind"] == "none":
@@ -193,21 +215,24 @@ def markdown(results: dict) -> str:
              f"triton {env['triton']} ({env['ptxas']}), torch {env['torch']}, commit {env['commit']}, {env['date']}. "
              f"Archs: {', '.join(env['archs'])}" + (f"; skipped: {env['skipped']}" if env["skipped"] else "") + ".",
              "Every autotune config the launcher keeps for the call, for every dtype the op accepts. "
-             "Spill = stack or local bytes > 0 (cuobjdump -res-usage); shared = Triton's dynamic request + static; "
+             "Spill = ptxas -v spill stores + loads (cuobjdump -res-usage's stack frame shown beside it); "
+             "shared = Triton's dynamic request + static; "
              "tensor cores from the PTX (wgmma / mma.sync / tcgen05) and SASS. float32 bank GEMMs use exact "
              "\"ieee\" FMA products by design (no tensor cores).", "",
              f"**{results['failures']} failing rows of {len(results['rows'])}.**", "",
-             "| op | kernel | dtype | arch | config | regs | spill B | shared KB | tensor cores | SASS | verdict |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| op | kernel | dtype | arch | config | regs | spill B | stack B | shared KB | tensor cores | SASS "
+             "| verdict |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in results["rows"]:
         cfg = " ".join(f"{k}={v}" for k, v in r["config"].items() if k not in ("PREC",))
         if "error" in r:
-            lines.append(f"| {r['op']} | {r['kernel']} | {r['dtype']} | {r['arch']} | {cfg} | | | | | | "
+            lines.append(f"| {r['op']} | {r['kernel']} | {r['dtype']} | {r['arch']} | {cfg} | | | | | | | "
                          f"FAIL: {r['error'][:120]} |")
             continue
         verdict = "ok" if not r["problems"] else "FAIL: " + "; ".join(r["problems"])
         lines.append(f"| {r['op']} | {r['kernel']} | {r['dtype']} | {r['arch']} | {cfg} | {r['registers']} | "
-                     f"{r['stack_bytes'] + r['local_bytes']} | {r['shared_bytes'] / 1024:.1f} | {r['tc_kind']} | "
+                     f"{r['spill_stores'] + r['spill_loads']} | {r['stack_bytes']} | {r['shared_bytes'] / 1024:.1f} | "
+                     f"{r['tc_kind']} | "
                      f"{','.join(r['sass_tc']) or '-'} | {verdict} |")
     return "\n".join(lines) + "\n"
 
@@ -227,6 +252,9 @@ def _main(argv: list[str]) -> int:
     p.add_argument("--subset", action="store_true", help="first kept config per kernel, bf16 + fp32, sm_90 only")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="parallel compiles")
     p.add_argument("--no-write", action="store_true", help="print only; do not write benchmarks/results")
+    p.add_argument("--json", type=Path, help="also write the rows to this file (any mode, e.g. --subset)")
+    p.add_argument("--update", action="store_true",
+                   help="replace only the rows of --ops in the committed kernels-static.json (after fixing one op)")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     tools = triton_tools()
@@ -252,18 +280,29 @@ def _main(argv: list[str]) -> int:
             rows.append(row)
             status = "ok" if not row["problems"] else "FAIL " + "; ".join(row["problems"])
             print(f"{row['kernel']:18s} {row['dtype']:9s} {row['arch']:6s} regs {row.get('registers', '-'):>3} "
-                  f"tc {row.get('tc_kind', '-'):7s} {row['compile_s']:5.1f}s {status}", flush=True)
+                  f"stack {row.get('stack_bytes', '-'):>4} tc {row.get('tc_kind', '-'):7s} {row['compile_s']:5.1f}s "
+                  f"{status}", flush=True)
     import triton
 
     env = {"triton": triton.__version__, "torch": torch.__version__, "ptxas": _ptxas_version(tools),
            "commit": _git_commit(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "archs": [f"sm_{a}" for a in archs],
            "skipped": {f"sm_{a}": why for a, why in skipped.items()}, "subset": args.subset}
+    if args.update:
+        previous = json.loads((args.out / "kernels-static.json").read_text())
+        kept = [r for r in previous["rows"] if r["op"] not in ops]
+        rows = sorted(kept + rows, key=lambda r: list(CASES).index(r["op"]))
+        env["updated_ops"] = ops
     failures = sum(bool(r["problems"]) for r in rows)
     results = {"environment": env, "failures": failures, "rows": rows}
+    if args.json:
+        write_json(args.json, results)
     if not args.no_write and not args.subset:
         write_json(args.out / "kernels-static.json", results)
         write_text(args.out / "kernels-static.md", markdown(results))
         print(f"wrote {args.out / 'kernels-static.json'} and .md")
+    for row in rows:
+        if row["problems"]:
+            print(f"FAIL {row['kernel']} {row['dtype']} {row['arch']} {row['config']}: {'; '.join(row['problems'])}")
     print(f"{failures} failing of {len(rows)}")
     return 1 if failures or not rows else 0
 

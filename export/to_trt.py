@@ -446,7 +446,7 @@ def check_only(args: argparse.Namespace) -> int:
     info = inspect_onnx(args.onnx, args.min_shape, args.opt_shape, args.max_shape, require_profile=False)
     if not args.no_simplify:
         simplify_graph(info)
-    reports = parser_check(info, [args.trt_version] if args.trt_version else [10, 11])
+    reports = parser_check(info, [args.trt_version] if args.trt_version else [10, 11], quiet=True)  # printed below
     for report in reports.values():
         print(report.format())
     return 0 if all(r.ok for r in reports.values()) else 1

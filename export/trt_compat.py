@@ -380,17 +380,19 @@ def simplify_graph(info: OnnxInfo) -> OnnxInfo:
     """onnxslim where it removes nodes and ONNX Runtime gives the same results (export/simplify.py)."""
     from udaseg.export.simplify import sample_feeds, simplify_onnx
 
-    info.model, info.simplified = simplify_onnx(info.model, sample_feeds(info.model, info.example_shape))
+    feeds = sample_feeds(info.model, info.example_shape, count=1)  # one image: 4 CPU runs at full size in all
+    info.model, info.simplified = simplify_onnx(info.model, feeds)
     if not info.simplified["applied"]:
         log.info("graph kept as exported (%s)", info.simplified.get("reason"))
     return info
 
 
-def parser_check(info: OnnxInfo, majors: list[int]) -> dict[int, ParserReport]:
-    """Log what the ONNX parser of each TensorRT major in ``majors`` will not take; returns the reports."""
+def parser_check(info: OnnxInfo, majors: list[int], quiet: bool = False) -> dict[int, ParserReport]:
+    """What the ONNX parser of each TensorRT major in ``majors`` will not take (logged unless ``quiet``)."""
     reports = {}
     for major in majors:
         report = parser_report(info.model, major, has_profile=info.profile is not None)
-        (log.info if report.ok else log.error)("%s", report.format())
+        if not quiet:
+            (log.info if report.ok else log.error)("%s", report.format())
         reports[major] = report
     return reports

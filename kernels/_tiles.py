@@ -29,7 +29,7 @@ if not HAS_TRITON:  # pragma: no cover - lets the @triton.jit below decorate on 
 # The Triton bank kernels keep a (BLOCK_N, D) query tile in registers and accumulate (BLOCK_N, D) gradients there:
 # wider embeddings take the chunked torch path (matmuls; on a GPU too). The contract's D is 256.
 MAX_D = 256
-SPLIT_ROWS = 64  # the row block the split count is sized for (every kept config has BLOCK_N >= 32)
+SPLIT_ROWS = 64  # the row block the split count is sized for (smaller kept blocks: more programs still)
 
 
 @dataclass

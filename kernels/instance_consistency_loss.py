@@ -299,13 +299,14 @@ def _inst_bwd_kernel(
     tl.store(gs_ptr + out, acc * inv_t, mask=row_mask[:, None] & (d_out[None, :] < D))
 
 
-# Kept configs: half inputs on tensor cores, float32 ("ieee", FMA units) with smaller row blocks (two resident
-# query tiles); the static check (benchmarks/kernels_static.py) shows none of them spills at D = 256.
-_FWD_HALF = configs(({"BLOCK_N": 64, "BLOCK_M": 64}, 4, 3), ({"BLOCK_N": 64, "BLOCK_M": 64}, 8, 3),
-                    ({"BLOCK_N": 128, "BLOCK_M": 64}, 8, 2))
-_FWD_FP32 = configs(({"BLOCK_N": 32, "BLOCK_M": 32}, 4, 2), ({"BLOCK_N": 32, "BLOCK_M": 64}, 8, 2))
+# Kept configs: half inputs on tensor cores (two resident query tiles), float32 ("ieee", FMA units) with smaller
+# tiles; the static check (benchmarks/kernels_static.py) shows none of them spills on sm_80 / sm_90 / sm_100 at
+# D = 256. (64, 64, 4 or 8 warps, 3 stages) spilled on sm_80 in the forward and were dropped.
+_FWD_HALF = configs(({"BLOCK_N": 64, "BLOCK_M": 32}, 4, 3), ({"BLOCK_N": 64, "BLOCK_M": 64}, 8, 2),
+                    ({"BLOCK_N": 64, "BLOCK_M": 64}, 4, 2), ({"BLOCK_N": 128, "BLOCK_M": 64}, 8, 2))
+_FWD_FP32 = configs(({"BLOCK_N": 16, "BLOCK_M": 64}, 4, 2))  # (16 or 32, 32) spill on sm_80
 _BWD_HALF = configs(({"BLOCK_N": 64, "BLOCK_M": 32}, 8, 2), ({"BLOCK_N": 32, "BLOCK_M": 64}, 4, 2))
-_BWD_FP32 = configs(({"BLOCK_N": 16, "BLOCK_M": 32}, 4, 2), ({"BLOCK_N": 32, "BLOCK_M": 32}, 8, 2))
+_BWD_FP32 = configs(({"BLOCK_N": 16, "BLOCK_M": 32}, 4, 2))  # (16, 64) spills on sm_80
 _FWD = Launcher(_inst_fwd_kernel, _FWD_HALF + _FWD_FP32, key=["D", "C", "PREC"],
                 prune=by_precision(_FWD_HALF, _FWD_FP32), interpret=lambda kw: {"BLOCK_N": 16, "BLOCK_M": 16},
                 tensor_cores=True)

@@ -51,3 +51,24 @@ def test_bad_override_and_missing_file(tmp_path):
 def test_to_dict_is_plain():
     d = to_dict(Config())
     assert d["train"]["method"] == "self_training" and isinstance(d["data"]["crop"], list)
+
+
+def test_validate_names_every_bad_key_at_once():
+    from udaseg.config import validate
+
+    cfg = from_dict({"train": {"log_every": 0, "iters": -2}, "data": {"crop": [64]}, "optim": {"lr": -1.0}})
+    with pytest.raises(ConfigError) as e:
+        validate(cfg)
+    for text in ("train.log_every=0", "train.iters=-2", "data.crop=[64]", "optim.lr=-1.0"):
+        assert text in str(e.value)
+    assert validate(Config()) == Config()
+
+
+def test_resume_diff_splits_free_keys_and_ignores_new_defaults():
+    from udaseg.config import resume_diff
+
+    saved = to_dict(Config())
+    del saved["train"]["evaluate"]  # a run saved before the key existed: its default is not a difference
+    now = from_dict({"train": {"log_every": 5, "seed": 7}})
+    changed, free = resume_diff(saved, now)
+    assert changed == ["train.seed: 0 in the run, 7 now"] and free == ["train.log_every: 20 in the run, 5 now"]

@@ -62,7 +62,7 @@ def _train_rows(out: Path) -> int:
             rows.append(json.loads(line))
         except json.JSONDecodeError:  # a line being written
             pass
-    return sum(r.get("stage") != "eval" for r in rows)
+    return sum(r.get("stage") in ("warmup", "adapt") for r in rows)
 
 
 def _wait_for_rows(out: Path, n: int, alive, timeout: float = 60) -> None:

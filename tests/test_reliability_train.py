@@ -21,7 +21,9 @@ QUICK = {"train.warmup_iters": 1, "train.iters": 1}
 
 
 def tiny_args(*extra: str) -> list[str]:
-    return [x for s in TINY for x in ("--set", s)] + list(extra)
+    """The tiny config as --set flags; --iters/--warmup-iters given in `extra` are not overridden by them."""
+    sets = [s for s in TINY if not any(s.startswith(f"train.{f[2:].replace('-', '_')}=") for f in extra)]
+    return [x for s in sets for x in ("--set", s)] + list(extra)
 
 
 def strict_json(path):
@@ -94,6 +96,16 @@ def test_an_unlabelled_val_split_is_refused_before_training_unless_no_eval(tmp_p
     assert main(["--out", str(tmp_path / "b"), "--no-eval", *args]) == 0
     final = strict_json(tmp_path / "b" / "final.json")
     assert final["miou"] is None and final["evaluated"] is False and final["iterations"] == 5
+
+
+def test_check_data_only_checks(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["--check-data", *tiny_args()]) == 0
+    out = capsys.readouterr().out
+    assert "checked source" in out and "checked target" in out and "checked val" in out and "data check passed" in out
+    assert list(tmp_path.iterdir()) == []  # no run folder
+    write_unlabelled_cityscapes(tmp_path / "cs")
+    assert main(["--check-data", *tiny_args("--set", f"data.val=cityscapes:{tmp_path / 'cs'}")]) == 2
 
 
 def test_final_json_never_holds_nan(tmp_path, monkeypatch):

@@ -191,3 +191,16 @@ def test_rollback_ends_the_run_with_the_best_unsupervised_weights(tmp_path):
     assert all(torch.equal(best["teacher"][k], final["teacher"][k]) for k in best["teacher"])
     assert result["unsupervised"]["warnings"][0]["kind"] == "diversity"
     assert result["unsupervised"]["stopped_at"] == 1 and result["unsupervised"]["rolled_back_to"] == 0
+
+
+def test_a_resumed_run_rebuilds_the_monitor_from_its_metrics(tmp_path):
+    from tests.helpers import tiny_config
+    from udaseg.train import train
+
+    init = one_class_checkpoint(tmp_path / "one_class.pt")
+    cfg = tiny_config("self_training", **{"train.warmup_iters": 0, "train.init": str(init), "train.eval_every": 1})
+    train(cfg, tmp_path / "run", stop_after=2)
+    result = train(cfg, tmp_path / "run", resume=True)
+    assert [w["kind"] for w in rows_of(tmp_path / "run", "warning")] == ["diversity"]  # not fired again
+    assert [r["iter"] for r in rows_of(tmp_path / "run", "select")] == [0, 1, 2, 3]
+    assert [e["iter"] for e in result["unsupervised"]["evaluations"]] == [0, 1, 2, 3]

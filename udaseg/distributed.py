@@ -25,7 +25,12 @@ def init(device: torch.device) -> tuple[int, int]:
         return 0, 1
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend)
+        # Keys of this attempt only: after torchrun --max-restarts the rendezvous store may still hold the failed
+        # attempt's addresses, and a worker connecting to a dead peer's address times out.
+        store, rank, world = next(dist.rendezvous("env://"))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.init_process_group(backend=backend, store=dist.PrefixStore(f"udaseg/attempt_{attempt}", store),
+                                rank=rank, world_size=world)
     return dist.get_rank(), dist.get_world_size()
 
 

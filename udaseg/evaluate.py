@@ -14,15 +14,18 @@ classes, computed from the full 19x19 matrix: a pixel of a protocol class predic
 from __future__ import annotations
 
 import argparse
-import json
 import math
+import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from udaseg.cli import run_cli
 from udaseg.data.labels import CLASS_NAMES, IGNORE_INDEX, PROTOCOLS
+from udaseg.fileio import UserError, WriteError, describe_os_error, write_json
 from udaseg.models import upsample
 
 
@@ -285,12 +288,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """CLI: evaluate a checkpoint on a dataset split, print the per-class table, optionally write JSON."""
+def check_output(path: str | Path) -> Path:
+    """Fail before any computation when the result could not be written: the folder is made and a probe file is
+    created and removed in it (an unwritable folder, a file in the way, a read-only disk: one line naming the path)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"--output {path}: is a folder; expected a .json file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.probe-"):
+            pass
+    except OSError as e:
+        raise WriteError(f"--output {path}: cannot write there ({describe_os_error(e)})") from e
+    return path
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Evaluate a checkpoint on a dataset split, print the per-class table, write JSON if asked; returns the result."""
     from udaseg.checkpoint import load_model
     from udaseg.data import build_dataset
 
-    args = parse_args(argv)
+    if args.output:
+        check_output(args.output)
     model, info = load_model(args.checkpoint, prefer=args.weights)
     dataset = build_dataset(args.dataset, split=args.split, role="target")
     model = model.to(args.device)
@@ -307,21 +326,19 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{args.checkpoint} on {args.dataset} ({args.split}, {result['images']} images, {args.mode}"
           f"{', flip' if args.flip else ''}): mIoU {result['miou']:.2f} over {result['protocol']} classes")  # fmt: skip
     if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(_nan_to_none(result), indent=2, allow_nan=False) + "\n")
+        write_json(args.output, result)  # strict JSON: NaN (no labelled pixel) is written as null
     return result
 
 
-def _nan_to_none(obj):
-    """Strict JSON has no NaN: write ``null`` for it (an mIoU with no labelled pixel at all)."""
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _nan_to_none(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_nan_to_none(v) for v in obj]
-    return obj
+def main(argv: list[str] | None = None) -> int:
+    """CLI: a user's mistake or an OS error is one line on stderr and exit code 2 (udaseg.cli)."""
+    return run_cli(_main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    run(parse_args(argv))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -36,7 +36,7 @@ _REASONS = {
     errno.EACCES: "permission denied",
     errno.EPERM: "operation not permitted",
     errno.EROFS: "read-only file system",
-    errno.ENOENT: "a folder on the path does not exist",
+    errno.ENOENT: "no such file or folder",
     errno.ENOTDIR: "a part of the path is a file, not a folder",
     errno.EISDIR: "the path is a folder",
 }
@@ -56,7 +56,10 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except FileExistsError as e:  # a part of the parent path is a file: say that, not "File exists"
+            raise WriteError(f"cannot write {path}: {_REASONS[errno.ENOTDIR]}") from e
         with open(tmp, mode) as f:
             yield f
             f.flush()

@@ -13,6 +13,7 @@ normally, or through an exception, closes the file properly first. OS errors bec
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 from fractions import Fraction
@@ -72,6 +73,8 @@ class BagWriter:
         from rosbags.rosbag2.enums import StoragePlugin
 
         try:
+            if any(p.exists() and not p.is_dir() for p in self.path.parents):
+                raise NotADirectoryError(errno.ENOTDIR, "not a folder", str(self.path.parent))
             self.path.parent.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(self._tmp, ignore_errors=True)
             self.writer = Writer(self._tmp, version=9, storage_plugin=StoragePlugin[BAG_SUFFIXES[self.path.suffix]])

@@ -23,11 +23,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import itertools
 import math
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,11 +40,10 @@ from udaseg import viz
 from udaseg.checkpoint import save_checkpoint
 from udaseg.cli import run_cli
 from udaseg.config import Config, ConfigError, load_config, save_config, to_dict, validate
-from udaseg.data import build_dataset
 from udaseg.data.labels import IGNORE_INDEX
-from udaseg.engine import data as D
 from udaseg.engine import folder
 from udaseg.engine import optim as O
+from udaseg.engine.inputs import build_data, build_datasets, check_inputs, streams
 from udaseg.engine.log import MetricLog, append_jsonl, trim_jsonl
 from udaseg.engine.monitor import Monitor
 from udaseg.engine.state import (
@@ -63,6 +59,7 @@ from udaseg.engine.state import (
     restore_buffers,
     snapshot_buffers,
 )
+from udaseg.engine.stop import StopFlag, step_flags
 from udaseg.evaluate import evaluate, format_table
 from udaseg.fileio import UserError, write_json
 from udaseg.methods import Step, build_methods, resolve_warmup
@@ -83,59 +80,6 @@ def pick_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"train.device={name!r} but no CUDA device is available")
     return torch.device(name)
-
-
-def build_datasets(cfg: Config) -> dict:
-    """{"source", "target", "val"} datasets of the config (val None with train.evaluate=false)."""
-    d = cfg.data
-
-    def dataset(spec: str, split: str, role: str):
-        options = d.synthetic if spec.split(":")[0].startswith("synthetic") else {}
-        return build_dataset(spec, split=split, role=role, **options)
-
-    val = dataset(d.val or d.target, d.val_split, "target") if cfg.train.evaluate else None
-    return {"source": dataset(d.source, "train", "source"), "target": dataset(d.target, "train", "target"),
-            "val": val}
-
-
-def check_inputs(datasets: dict) -> list:
-    """Read every pair once (rank 0): readable, sizes equal, source and val labelled. Raises DataError naming the
-    files; prints one summary line per dataset. A val split without labels is refused here, before any training."""
-    from udaseg.data.check import check_dataset
-
-    reports = [check_dataset(datasets[role], role, require_labels=role != "target")
-               for role in ("source", "target", "val") if datasets[role] is not None]
-    for report in reports:
-        tqdm.write(f"checked {report.summary()}")
-    return reports
-
-
-def build_data(cfg: Config, datasets: dict, out: Path) -> TrainData:
-    """Source/target training views, the validation set and the rare-class sampling tables."""
-    d = cfg.data
-    rcs = None
-    if d.rcs:
-        from udaseg.data.rcs import class_stats
-
-        counts = class_stats(datasets["source"], cache_dir=out / "cache")  # (N, C), cached in the run folder
-        rcs = D.rcs_tables(counts, d.rcs_temperature, d.rcs_min_pixels)
-    view = dict(crop=d.crop, scale_range=d.scale_range, flip=True)
-    return TrainData(
-        source=D.TrainView(datasets["source"], resize=d.source_resize, min_class_pixels=d.rcs_min_pixels, **view),
-        target=D.TrainView(datasets["target"], resize=d.target_resize, **view), val=datasets["val"], rcs=rcs)
-
-
-def streams(cfg: Config, data: TrainData, start: int, end: int, rank: int, pin: bool, target: bool):
-    """Batches for iterations [start, end): a pure function of (seed, iteration, rank), so resume is exact.
-
-    Without `target` (a source-only stage) the target stream yields None and loads nothing.
-    """
-    d, seed = cfg.data, cfg.train.seed
-    probs, images = data.rcs if data.rcs else (None, None)
-    src = D.StepSampler(len(data.source), d.batch_size, start, end, seed, D.SOURCE_STREAM, rank, probs, images)
-    tgt = D.StepSampler(len(data.target), d.batch_size, start, end, seed, D.TARGET_STREAM, rank)
-    target_stream = D.loader(data.target, tgt, d.workers, pin) if target else itertools.repeat(None)
-    return D.loader(data.source, src, d.workers, pin), target_stream
 
 
 def build_stages(cfg: Config, num_classes: int, feature_dim: int, device) -> list[Stage]:
@@ -186,46 +130,6 @@ def train_step(step: Step, methods: list[Method]) -> dict[str, torch.Tensor]:
 def step_generator(seed: int, iteration: int, rank: int) -> torch.Generator:
     """The step's random stream (mask sampling, strong views): a pure function of (seed, iteration, rank)."""
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, iteration, rank]).generate_state(1)[0]))
-
-
-def step_flags(losses: dict[str, torch.Tensor], stop: StopFlag, iteration: int) -> tuple[bool, bool]:
-    """(every rank's loss is finite, some rank was asked to stop): one host sync per step for the finite check,
-    and under DDP one tiny all-reduce, so that every rank skips, and stops, at the same step."""
-    values = torch.stack([v.detach().float() for v in losses.values()])
-    finite_here = bool(torch.isfinite(values).all())
-    if not finite_here:
-        bad = {k: v for k, v in zip(losses, values.tolist()) if not math.isfinite(v)}
-        tqdm.write(f"iteration {iteration}: non-finite loss {bad} on rank {dist.rank()}")
-    bad_somewhere, stopping = dist.any_flags(not finite_here, stop.set)
-    return not bad_somewhere, stopping
-
-
-# ----------------------------------------------------------------------------- signals
-class StopFlag:
-    """SIGINT/SIGTERM, on any rank: every rank finishes the current step, last.pt is written, train() returns.
-
-    Installed on every rank; the flag is shared through `step_flags`. A second Ctrl-C stops a single process at
-    once; under DDP it is not escalated (torchrun forwards the terminal's SIGINT, so each worker gets it twice).
-    """
-
-    def __init__(self):
-        self.set, self.old = False, {}
-
-    def __enter__(self) -> StopFlag:
-        if threading.current_thread() is threading.main_thread():
-            self.old = {s: signal.signal(s, self) for s in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for s, h in self.old.items():
-            signal.signal(s, h)
-
-    def __call__(self, signum, frame):
-        if self.set and signum == signal.SIGINT and dist.world_size() == 1:
-            raise KeyboardInterrupt
-        if not self.set and dist.is_main():
-            tqdm.write("stopping after this step; last.pt will hold the run (continue with --resume)")
-        self.set = True
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -448,17 +352,18 @@ def after_step(run: Run, cfg: Config, stage: Stage, out: Path) -> None:
     """Checkpoints and evaluations due after the step: the end-of-stage save comes before its evaluation."""
     t, n = cfg.train, run.iteration
     end_of_stage = n == stage.end
+    periodic_eval = stage.name == "adapt" and t.eval_every and n % t.eval_every == 0 and not end_of_stage
     if (t.ckpt_every and n % t.ckpt_every == 0) or end_of_stage:
         save(run, out)
     if stage.name == "warmup" and end_of_stage:
         record_before(run, cfg, out, n)
-    elif stage.name == "adapt" and t.eval_every and n % t.eval_every == 0 and not end_of_stage and run.data.val:
+    elif periodic_eval and run.data.val is not None:
         result = eval_teacher(run, cfg, full=False) if dist.is_main() else None
         if result:
             append_jsonl(out / "metrics.jsonl", {"iter": n, "stage": "eval", "miou": result["miou"]})
             tqdm.write(f"iteration {n}: target mIoU {result['miou']:.2f}")
         dist.barrier()
-    if stage.name == "adapt" and t.eval_every and n % t.eval_every == 0 and not end_of_stage:
+    if periodic_eval:
         run.monitor.evaluate(n, run)  # label-free score beside the mIoU above, best_unsupervised.pt
 
 
@@ -480,15 +385,20 @@ def record_before(run: Run, cfg: Config, out: Path, iteration: int) -> None:
 
 
 def save(run: Run, out: Path) -> None:
-    """last.pt at run.iteration (rank 0), only if every tensor in it is finite: else the previous last.pt stays."""
+    """last.pt at run.iteration (rank 0), only if every tensor in it is finite: else the previous last.pt stays.
+
+    Every rank checks its own (identical) state and they agree, so a refusal stops all of them."""
+    bad = non_finite({"model": run.student.state_dict(), "teacher": run.teacher.state_dict(),
+                      "optimizer": run.optimizer.state_dict()["state"],
+                      "heads": {k: m.state_dict() for k, m in run.heads.items()},
+                      "methods": {k: m.state_dict() for k, m in run.methods.items()}})
+    if any(dist.any_flags(bool(bad))):
+        held = f"holds iteration {run.saved_at}" if run.saved_at is not None else "was not written"
+        raise NonFiniteLoss(f"iteration {run.iteration}: the training state is no longer finite ({len(bad)} tensors"
+                            f"{', e.g. ' + ', '.join(bad[:3]) if bad else ' on another rank'}): lower optim.lr; "
+                            f"{out / 'last.pt'} {held}")
     if dist.is_main():
-        payload = checkpoint_payload(run, run.iteration)
-        bad = non_finite({k: payload[k] for k in ("model", "teacher", "optimizer", "heads", "methods")})
-        if bad:
-            held = f"holds iteration {run.saved_at}" if run.saved_at is not None else "was not written"
-            raise NonFiniteLoss(f"iteration {run.iteration}: the training state is no longer finite ({len(bad)} "
-                                f"tensors, e.g. {', '.join(bad[:3])}): lower optim.lr; {out / 'last.pt'} {held}")
-        save_checkpoint(out / "last.pt", payload)
+        save_checkpoint(out / "last.pt", checkpoint_payload(run, run.iteration))
     run.saved_at = run.iteration
     dist.barrier()
 

@@ -58,9 +58,11 @@ def expected(image: np.ndarray, encoding: str) -> np.ndarray:
 
 
 def write_bag(path: Path, topics: dict[str, tuple[str, list[np.ndarray]]], storage: str = "mcap",
-              start: int = 1_700_000_000_000_000_000, period: int = 100_000_000, extra_string_topic: bool = True):
+              start: int = 1_700_000_000_000_000_000, period: int = 100_000_000, extra_string_topic: bool = True,
+              zstd: bool = False):
     """A bag folder (rosbags' layout) with one topic per entry {topic: (encoding, images)}; frame i of every topic
     has header stamp start + i * period + 7 and receive time start + i * period; frame ids 'cam<topic idx>_<i>'.
+    `zstd`: compressed MCAP chunks.
     Returns {topic: [(stamp, log_time, frame_id), ...]}."""
     from rosbags.rosbag2 import Writer
     from rosbags.rosbag2.enums import StoragePlugin
@@ -69,8 +71,12 @@ def write_bag(path: Path, topics: dict[str, tuple[str, list[np.ndarray]]], stora
 
     store = typestore()
     truth = {}
-    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3) \
-            as writer:
+    writer = Writer(path, version=9, storage_plugin=StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3)
+    if zstd:  # zstd-compressed MCAP chunks
+        from rosbags.rosbag2.enums import CompressionFormat, CompressionMode
+
+        writer.set_compression(CompressionMode.STORAGE, CompressionFormat.ZSTD)
+    with writer:
         if extra_string_topic:
             conn = writer.add_connection("/diagnostics", "std_msgs/msg/String", typestore=store)
             writer.write(conn, start, store.serialize_cdr(store.types["std_msgs/msg/String"](data="ok"),

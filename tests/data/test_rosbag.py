@@ -122,10 +122,11 @@ def test_unsupported_encoding_names_file_topic_and_frame(tmp_path):
     assert all(isinstance(f, BadFrame) and "16UC1" in f.reason for f in bad) and len(bad) == 2
 
 
-def test_truncated_mcap_keeps_the_frames_before_the_cut(tmp_path):
+@pytest.mark.parametrize("zstd", [False, True], ids=["plain chunks", "zstd chunks"])
+def test_truncated_mcap_keeps_the_frames_before_the_cut(tmp_path, zstd):
     path = tmp_path / "cut"
     images = frames(6, h=592, w=592)  # > 1 MiB a frame: rosbags closes an MCAP chunk after each
-    truth = write_bag(path, {"/cam": ("rgb8", images)}, storage="mcap")
+    truth = write_bag(path, {"/cam": ("rgb8", images)}, storage="mcap", zstd=zstd)
     data = storage_file(path).read_bytes()
     cut = tmp_path / "cut.mcap"
     cut.write_bytes(data[: len(data) // 2])  # a recorder killed mid-write: no summary, no footer

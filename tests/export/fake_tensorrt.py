@@ -105,20 +105,20 @@ def make_fake_tensorrt(version: str, layer_info: str = '{"Layers": []}', parse_e
             calls.append(("build", config.profiling_verbosity))
             return b"serialized-engine"
 
-    class Engine:
-        num_io_tensors = 2
+    class Engine:  # the I/O of the export's 64x128 "both" graph
+        num_io_tensors = 3
 
         def get_tensor_name(self, i: int) -> str:
-            return ["input", "labels"][i]
+            return ["input", "labels", "logits"][i]
 
         def get_tensor_mode(self, name: str) -> int:
             return trt.TensorIOMode.INPUT if name == "input" else trt.TensorIOMode.OUTPUT
 
         def get_tensor_dtype(self, name: str) -> str:
-            return "DataType.FLOAT" if name == "input" else "DataType.INT32"
+            return "DataType.INT32" if name == "labels" else "DataType.FLOAT"
 
         def get_tensor_shape(self, name: str) -> list[int]:
-            return [1, 3, 64, 128] if name == "input" else [1, 64, 128]
+            return {"input": [1, 3, 64, 128], "labels": [1, 64, 128], "logits": [1, 19, 64, 128]}[name]
 
         def create_engine_inspector(self) -> SimpleNamespace:
             return SimpleNamespace(get_engine_information=lambda fmt: layer_info)

@@ -2,7 +2,7 @@
 
 Triton kernels run here under the interpreter (``TRITON_INTERPRET=1``, set below before udaseg.kernels is
 imported, because Triton chooses compile-or-interpret when a kernel is decorated). Shapes for the interpreter stay
-tiny (N <= 70, M <= 60, D <= 40) so the whole folder runs in about a minute on two cores.
+tiny (N <= 70, M <= 80, D <= 40, plus D = 256 at N <= 40) so the whole folder runs in a few minutes on two cores.
 """
 
 from __future__ import annotations

@@ -20,7 +20,9 @@ from udaseg.methods.dida import DIDA, DIDAOptions
 pytestmark = pytest.mark.skipif(not triton_kernels_present() or os.environ.get("TRITON_INTERPRET") != "1",
                                 reason="needs triton and TRITON_INTERPRET=1 (set before the kernels are imported)")
 
-C, FEAT, D = 19, 32, 256  # the kernel contract's D = 256, Cityscapes' 19 classes
+C, FEAT = 19, 32  # Cityscapes' 19 classes; D = 64 embeddings (the interpreter's cost grows with D; the kernel
+#                   tests cover the contract's D = 256)
+D = 64
 
 
 def fake_step(dtype: torch.dtype, seed: int = 0) -> Step:
@@ -54,8 +56,8 @@ def spy(module, name: str, monkeypatch) -> list:
 
 def run_dida(dtype: torch.dtype, impl: str):
     torch.manual_seed(0)
-    m = DIDA(DIDAOptions(instance_pixels=10_000, writes_per_class=4, bank_per_class=4), num_classes=C,
-             feature_dim=FEAT)
+    m = DIDA(DIDAOptions(embed_dim=D, instance_pixels=10_000, writes_per_class=4, bank_per_class=4),
+             num_classes=C, feature_dim=FEAT)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():  # a bank of keys like the queries: entries near the pixels they will be compared with
         m.bank.copy_(m.key_head(torch.randn(4, FEAT, 4, 5, generator=g)).permute(0, 2, 3, 1).reshape(-1, D)[:76])
@@ -75,17 +77,17 @@ def test_dida_feeds_the_kernels_bf16_and_stays_close_to_float64(monkeypatch):
     assert lse_calls and all(d == [torch.bfloat16] * 2 for d in lse_calls)  # query, bank
     assert loss_calls and all(d == [torch.bfloat16] * 4 for d in loss_calls)  # weak, strong, bank, class weights
     ref_step, ref_loss, ref_grad = run_dida(torch.float64, "torch")
-    # measured at this size: P' 1.3e-3, loss 8e-4 relative, gradient 5e-3 relative, every label kept
-    assert (step.class_probs.double() - ref_step.class_probs).abs().max() < 1e-2
+    # measured here: P' 2.4e-4, loss 7e-5 relative, gradient 3.9e-3 relative, no label changed
+    assert (step.class_probs.double() - ref_step.class_probs).abs().max() < 2e-3
     assert (step.pseudo_label == ref_step.pseudo_label).float().mean() > 0.99
-    assert abs(loss.double() - ref_loss) / ref_loss < 1e-2
-    assert (grad.double() - ref_grad).norm() / ref_grad.norm() < 5e-2
+    assert abs(loss.double() - ref_loss) / ref_loss < 1e-3
+    assert (grad.double() - ref_grad).norm() / ref_grad.norm() < 2e-2
 
 
 def run_cpsl(dtype: torch.dtype, impl: str):
     torch.manual_seed(0)
-    m = CPSL(CPSLOptions(queue_size=512, pixels_per_image=64, consistency_pixels=10_000, source_weight=0.0),
-             num_classes=C, feature_dim=FEAT)
+    m = CPSL(CPSLOptions(embed_dim=D, queue_size=512, pixels_per_image=64, consistency_pixels=10_000,
+                         source_weight=0.0), num_classes=C, feature_dim=FEAT)
     with torch.no_grad():
         m.push(m.key_head(torch.randn(8, FEAT, 8, 8, generator=torch.Generator().manual_seed(1)))
                .permute(0, 2, 3, 1).reshape(-1, D))
@@ -104,12 +106,13 @@ def test_cpsl_feeds_the_kernels_bf16_and_stays_close_to_float64(monkeypatch):
     assert sums_calls[0] == [torch.bfloat16]  # the weak keys the prototypes start from
     assert sink_calls and sink_calls[0][0] == torch.bfloat16  # the queue + batch scores (marginal: float32)
     ref_step, ref_out, ref_grad = run_cpsl(torch.float64, "torch")
-    # measured at this size: rectified probabilities 4e-3, self-labeling 2e-4 and consistency 3e-3 relative
-    assert (step.class_probs.double() - ref_step.class_probs).abs().max() < 3e-2
-    assert (step.pseudo_label == ref_step.pseudo_label).float().mean() > 0.98
+    # bf16 reaches the Sinkhorn scores and the prototypes' start only; rectification and the losses are float32.
+    # Measured here: rectified probabilities 1.3e-3, losses 8e-5 relative, gradient 1.8e-3, no label changed
+    assert (step.class_probs.double() - ref_step.class_probs).abs().max() < 1e-2
+    assert (step.pseudo_label == ref_step.pseudo_label).float().mean() > 0.99
     for key in ("self_label", "consistency"):
-        assert abs(out[key].double() - ref_out[key]) / ref_out[key] < 2e-2, key
-    assert (grad.double() - ref_grad).norm() / ref_grad.norm() < 5e-2
+        assert abs(out[key].double() - ref_out[key]) / ref_out[key] < 1e-3, key
+    assert (grad.double() - ref_grad).norm() / ref_grad.norm() < 1e-2
 
 
 def test_float32_stays_float32_on_cpu(monkeypatch):

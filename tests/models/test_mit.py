@@ -9,9 +9,11 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from test_models import check_output
 
 from udaseg.models import build_model, list_models
+from udaseg.models.daformer import SegFormerHead
 from udaseg.models.mit import MIN_INPUT_SIZE, MIT_SPECS, DropPath, EfficientSelfAttention
 
 VARIANTS = [f"b{i}" for i in range(6)]
@@ -35,16 +37,19 @@ def test_variant_hyper_parameters():
         assert spec.num_heads == (1, 2, 5, 8) and spec.sr_ratios == (8, 4, 2, 1) and spec.mlp_ratio == 4
 
 
-@pytest.mark.parametrize(
-    "name, millions",
-    [("segformer_mitb0", 3.7), ("daformer_mitb0", 6.9), ("segformer_mitb5", 84.6), ("daformer_mitb5", 85.2)],
-)
-def test_parameter_counts(name, millions):
-    """SegFormer-B0 3.8 M and -B5 84.7 M in the SegFormer paper (Table 1, 150 classes); DAFormer 85.2 M."""
+@pytest.mark.parametrize("variant, millions", list(zip(VARIANTS, [3.8, 13.7, 27.5, 47.3, 64.1, 84.7])))
+def test_segformer_parameter_counts_match_the_paper(variant, millions):
+    """SegFormer paper, Table 1: B0-B5 parameters with the ADE20K head (150 classes)."""
     with torch.device("meta"):
-        model = build_model(name)
-    n = sum(p.numel() for p in model.parameters())
-    assert abs(n / 1e6 - millions) < 0.05, n
+        model = build_model(f"segformer_mit{variant}", num_classes=150)
+    assert abs(sum(p.numel() for p in model.parameters()) / 1e6 - millions) < 0.06
+
+
+def test_daformer_parameter_count():
+    """DAFormer (MiT-B5 + context-aware fusion, 19 classes): 85.2 M."""
+    with torch.device("meta"):
+        model = build_model("daformer_mitb5")
+    assert abs(sum(p.numel() for p in model.parameters()) / 1e6 - 85.2) < 0.05
 
 
 @pytest.mark.parametrize("head", ["daformer", "segformer"])
@@ -145,3 +150,15 @@ def test_channels_last_matches():
         ref = model(x)["logits"]
         cl = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))["logits"]
     torch.testing.assert_close(cl, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_segformer_head_fuses_the_deepest_level_first():
+    """SegFormer and Hugging Face fuse [c4, c3, c2, c1]: the channel order their linear_fuse weights expect."""
+    torch.manual_seed(0)
+    head = SegFormerHead((8, 16, 24, 32), num_classes=3, embed_dim=4).eval()
+    maps = [torch.randn(1, c, 16 // 2**i, 16 // 2**i) for i, c in enumerate((8, 16, 24, 32))]
+    emb = [F.interpolate(head.linear_c[i](m), size=(16, 16), mode="bilinear") for i, m in enumerate(maps)]
+    with torch.no_grad():
+        logits, feats = head(maps)
+        torch.testing.assert_close(feats, head.linear_fuse(torch.cat([emb[3], emb[2], emb[1], emb[0]], dim=1)))
+        torch.testing.assert_close(logits, head.linear_pred(feats))

@@ -125,12 +125,16 @@ def test_hugging_face_semantic_segmentation_head(tmp_path, official_b0):
 
 def test_other_variant_is_refused_naming_both(tmp_path):
     torch.save(fabricate(official_shapes("mit_b1")), tmp_path / "mit_b1.pth")
-    with pytest.raises(PretrainedError, match=r"mit_b1.*model's encoder is mit_b0.*segformer_mitb1"):
+    with pytest.raises(PretrainedError, match=r"\(mit_b1\).*model's encoder is mit_b0.*model.name: segformer_mitb1"):
         load_pretrained(_model(), tmp_path / "mit_b1.pth")
     with torch.device("meta"):
         b2 = build_model("daformer_mitb2")  # same widths as mit_b1, deeper: refused for its depths
     with pytest.raises(PretrainedError, match=r"depths \(2, 2, 2, 2\) \(mit_b1\).*mit_b2"):
         load_pretrained(b2, tmp_path / "mit_b1.pth")
+    odd = {k: v for k, v in fabricate(official_shapes("mit_b0")).items() if not k.startswith("block4.1.")}
+    torch.save(odd, tmp_path / "odd.pth")  # one block short: no released variant
+    with pytest.raises(PretrainedError, match=r"depths \(2, 2, 2, 1\) \(no released variant\)"):
+        load_pretrained(_model(), tmp_path / "odd.pth")
 
 
 def test_shape_mismatch_names_the_file_key(tmp_path, official_b0):

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from udaseg.data.labels import IGNORE_INDEX
 
-# rows of the per-class count table, one bincount each per step
+# rows of the per-class count table, one index_add_ each per step
 PREDICTED, KEPT_OF_PREDICTED, KEPT, CONFIDENT, CONFIDENCE_SUM, GT, KEPT_LABELLED, TRUE_POSITIVE = range(8)
 
 
@@ -55,15 +55,21 @@ class PseudoLabelStats:
         self.source = torch.zeros(num_classes, dtype=torch.float64, device=self.device)  # source labels, whole run
         self.steps = 0  # steps with pseudo-labels in the window
 
-    def _bincount(self, values: Tensor, weights: Tensor | None = None) -> Tensor:
-        return torch.bincount(values.reshape(-1), weights=None if weights is None else weights.reshape(-1).double(),
-                              minlength=self.c)[: self.c].double()
+    def _count(self, cls: Tensor, mask: Tensor, weight: Tensor | None = None) -> Tensor:
+        """Per class, the number (or the `weight` sum) of pixels where `mask` holds. (C,) float64.
+
+        index_add_ into a spare bucket for masked-out or ignored pixels: no boolean indexing and no bincount, both
+        of which wait for the device (the output size depends on the data); this never does.
+        """
+        idx = torch.where(mask & (cls >= 0) & (cls < self.c), cls, self.c).reshape(-1)
+        w = mask.double() if weight is None else mask.double() * weight.double()
+        out = torch.zeros(self.c + 1, dtype=torch.float64, device=cls.device)
+        return out.index_add_(0, idx, w.reshape(-1))[: self.c].to(self.device)
 
     @torch.no_grad()
     def add_source(self, source_label: Tensor) -> None:
         """Source label histogram (B, H, W): the class distribution the student learns as its prior."""
-        lbl = source_label[source_label != IGNORE_INDEX]
-        self.source += self._bincount(lbl.to(self.device))
+        self.source += self._count(source_label, source_label != IGNORE_INDEX)
 
     @torch.no_grad()
     def add(self, step, target_label: Tensor | None = None) -> None:
@@ -77,20 +83,19 @@ class PseudoLabelStats:
         weight = step.pseudo_weight if step.pseudo_weight is not None else torch.ones_like(label, dtype=torch.float)
         conf = step.pseudo_confidence if step.pseudo_confidence is not None else probs.max(1).values
         kept = (label != IGNORE_INDEX) & (weight > 0)  # (B, H, W) bool
-        lab = label[kept]
         rows = self.counts
-        rows[PREDICTED] += self._bincount(predicted)
-        rows[KEPT_OF_PREDICTED] += self._bincount(predicted[kept])
-        rows[KEPT] += self._bincount(lab)
-        rows[CONFIDENT] += self._bincount(lab[conf[kept] >= self.confident])
-        rows[CONFIDENCE_SUM] += self._bincount(lab, conf[kept].float())
+        rows[PREDICTED] += self._count(predicted, torch.ones_like(kept))
+        rows[KEPT_OF_PREDICTED] += self._count(predicted, kept)
+        rows[KEPT] += self._count(label, kept)
+        rows[CONFIDENT] += self._count(label, kept & (conf >= self.confident))
+        rows[CONFIDENCE_SUM] += self._count(label, kept, conf)
         self.pixels += label.numel()
         if target_label is not None:
-            gt = target_label.to(label.device)
+            gt = target_label.to(label.device, non_blocking=True)  # a copy, no wait for the device
             labelled = gt != IGNORE_INDEX
-            rows[GT] += self._bincount(gt[labelled])
-            rows[KEPT_LABELLED] += self._bincount(label[kept & labelled])
-            rows[TRUE_POSITIVE] += self._bincount(gt[kept & labelled & (gt == label)])
+            rows[GT] += self._count(gt, labelled)
+            rows[KEPT_LABELLED] += self._count(label, kept & labelled)
+            rows[TRUE_POSITIVE] += self._count(gt, kept & labelled & (gt == label))
         self.steps += 1
 
     def flush(self) -> dict | None:

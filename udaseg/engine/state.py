@@ -91,6 +91,7 @@ class Run:
     saved_at: int | None = None  # iteration of the last.pt this process wrote or resumed from
     bad_in_a_row: int = 0  # consecutive skipped (non-finite) steps
     done: bool = False  # both stages finished (not stopped by a signal or stop_after)
+    monitor: Any = None  # engine.monitor.Monitor: pseudo-label diagnostics, label-free checkpoint selection
 
 
 # ----------------------------------------------------------------------------- random state

@@ -88,16 +88,17 @@ class MomentumCopy:
         dist.broadcast_module(self.module)
 
 
-def embed(step: Step, head: nn.Module | MomentumCopy, features: Tensor) -> Tensor:
-    """Unit pixel embeddings (B, D, h, w) of decoder features, in `step.compute_dtype`.
+def embed(step: Step, head: nn.Module | MomentumCopy, features: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """Unit pixel embeddings (B, D, h, w) of decoder features, in `dtype` (default `step.compute_dtype`).
 
     The head runs under the loop's autocast (its 1x1 convolutions on tensor cores with train.amp on CUDA), the
-    norm in float32, then one cast: on CUDA with AMP the embeddings reach the bank kernels in bf16/fp16, which
-    accumulate in float32; on CPU everything stays float32. The cast is differentiable.
+    norm in float32, then one cast: on CUDA with AMP, embeddings that go to the bank kernels are bf16/fp16 (the
+    kernels accumulate in float32); embeddings only plain-torch losses read can ask for float32. On CPU everything
+    stays float32. The cast is differentiable.
     """
     with step.amp():
         out = head(features)
-    return out.to(step.compute_dtype)
+    return out.to(dtype or step.compute_dtype)
 
 
 def weighted_cross_entropy(logits: Tensor, labels: Tensor, weight: Tensor | None) -> Tensor:

@@ -17,8 +17,9 @@ On top of the common loop:
 - Label rectification: y = argmax_c w_c p_c, w = softmax(cos(weak, P_ema) / tau) (classes: the best prototype of
   each), p the class probabilities behind the pseudo-labels; the rectified labels feed the loop's CE.
 
-On CUDA with train.amp the embeddings, the queue and the prototypes enter the Sinkhorn scores and the class sums in
-`step.compute_dtype` (bf16/fp16, float32 accumulation); state stays float32. See docs/methods/dida_cpsl.md.
+On CUDA with train.amp the weak embeddings, the queue and the prototypes enter the kernels (Sinkhorn scores, class
+sums) in `step.compute_dtype` (bf16/fp16, float32 accumulation); the plain-torch losses and the rectification stay
+float32, and so does the state. See docs/methods/dida_cpsl.md.
 
 What the official code (lslrh/CPSL) does differently (docs/methods/dida_cpsl.md), and what we do instead:
 - The prior is a fixed file computed offline from the warm-up model; here it is estimated online (EMA of the
@@ -103,9 +104,9 @@ class Prototypes(nn.Module):
 
 
 def cosines(emb: Tensor, protos: Tensor) -> Tensor:
-    """(N, K) float32 = emb @ protos.T in emb's dtype (compute_dtype: tensor cores under AMP), then float32 for the
-    softmaxes (the plain-torch losses of this file; the kernels get emb and protos as they are)."""
-    return (emb @ protos.to(emb.dtype).T).float()
+    """(N, K) = emb @ protos.T in float32: the plain-torch losses and the rectification. Their gradients are
+    differences of two near-equal softmaxes at tau = 0.08, which bf16 cosines (error ~4e-3) would move by ~5 %."""
+    return emb.float() @ protos.float().T
 
 
 @register_method
@@ -148,9 +149,9 @@ class CPSL(Method):
         return self.class_logits(emb, self.key_prototypes.module()).softmax(dim=1)
 
     @torch.no_grad()
-    def init_prototypes(self, weak: Tensor, labels: Tensor, generator) -> None:
+    def init_prototypes(self, weak: Tensor, labels: Tensor, generator, dt: torch.dtype) -> None:
         """Prototypes <- class means of the weak embeddings (all ranks), a little jitter between a class's P."""
-        sums, counts = class_feature_sums(weak, labels.reshape(-1), self.num_classes)  # (C, D), (C,)
+        sums, counts = class_feature_sums(weak.to(dt), labels.reshape(-1), self.num_classes)  # (C, D), (C,)
         sums, counts = dist.all_reduce_sum(sums), dist.all_reduce_sum(counts)
         p = self.options.prototypes_per_class
         means = (sums.float() / counts.clamp(min=1)[:, None].float()).repeat_interleave(p, dim=0)  # (K, D)
@@ -165,12 +166,12 @@ class CPSL(Method):
     def pseudo_labels(self, step: Step) -> None:
         """Rectify the pseudo-labels by prototype similarity; keep the incoming class histogram for the prior."""
         o, c = self.options, self.num_classes
-        keys = embed(step, self.key_head, step.teacher_target["features"])  # (B, D, h, w) in compute_dtype
+        keys = embed(step, self.key_head, step.teacher_target["features"], torch.float32)  # (B, D, h, w)
         b, _, h, w = keys.shape
         weak = flatten_pixels(keys)  # (N, D)
         incoming = step.pseudo_label  # (B, H, W)
         if not self.initialized:
-            self.init_prototypes(weak, labels_to_features(incoming, (h, w), c), step.generator)
+            self.init_prototypes(weak, labels_to_features(incoming, (h, w), c), step.generator, step.compute_dtype)
         ignored = incoming == IGNORE_INDEX
         counts = torch.bincount(incoming[~ignored], minlength=c)  # (C,) class histogram of the pseudo-labels
         if o.rectify:
@@ -188,7 +189,7 @@ class CPSL(Method):
     def source_loss(self, step: Step, protos: Tensor) -> Tensor:
         """CE(softmax_c(max_k cos(f_src, P_k) / tau), y_src) on class-balanced labelled source pixels."""
         o = self.options
-        emb_map = embed(step, self.head, step.student_source["features"])  # (B, D, h, w), differentiable
+        emb_map = embed(step, self.head, step.student_source["features"], torch.float32)  # (B, D, h, w)
         labels = labels_to_features(step.source_label, emb_map.shape[-2:], self.num_classes).reshape(-1)
         idx = class_balanced_sample(labels, o.source_pixels_per_class, self.num_classes, step.generator)
         if idx.numel() == 0:
@@ -200,13 +201,13 @@ class CPSL(Method):
         if not step.student_mix or "weak" not in ex:
             return {}
         region = target_region(step, ex["size"])  # (B, h, w)
-        strong = flatten_pixels(embed(step, self.head, step.student_mix["features"]))  # (N, D), differentiable
+        strong = flatten_pixels(embed(step, self.head, step.student_mix["features"], torch.float32))  # (N, D)
         protos = self.prototypes()  # (K, D), differentiable
         out = {"proto_source": o.source_weight * self.source_loss(step, protos)} if o.source_weight > 0 else {}
         idx = sample_pixels(region, region.shape[0] * o.pixels_per_image, step.generator)
         weak = ex["weak"][idx]  # (n, D)
         ex["sampled"] = weak  # pushed to the queue in update()
-        assign = self.assignments(weak, protos.detach())  # (n, K)
+        assign = self.assignments(weak, protos.detach(), step.compute_dtype)  # (n, K)
         scored = weak if o.self_label_view == "weak" else strong[idx]  # (n, D)
         log_p = (cosines(scored, protos) / o.temperature).log_softmax(dim=1)  # (n, K)
         self_label = -(assign * log_p).sum(dim=1).mean() if idx.numel() else protos.sum() * 0.0
@@ -219,12 +220,15 @@ class CPSL(Method):
                 "consistency": o.consistency_weight * consistency}
 
     @torch.no_grad()
-    def assignments(self, weak: Tensor, protos: Tensor) -> Tensor:
-        """Sinkhorn assignment (n, K) of this step's weak embeddings, clustered together with the queue."""
+    def assignments(self, weak: Tensor, protos: Tensor, dt: torch.dtype = torch.float32) -> Tensor:
+        """Sinkhorn assignment (n, K) of this step's weak embeddings, clustered together with the queue.
+
+        The queue (float32 state), the batch and the prototypes are read in `dt` (compute_dtype: the scores GEMM on
+        tensor cores under AMP, float32 accumulation); Sinkhorn itself works in float32.
+        """
         if weak.shape[0] == 0:
             return weak.new_zeros(0, protos.shape[0])
-        dt = weak.dtype  # compute_dtype: the queue (float32 state) is read in it, scores on tensor cores
-        rows = torch.cat([self.queue[: self.queue_filled].to(dt), weak])  # (filled + n, D)
+        rows = torch.cat([self.queue[: self.queue_filled].to(dt), weak.to(dt)])  # (filled + n, D)
         scores = rows @ protos.to(dt).T  # (filled + n, K), float32 accumulation, rounded to dt
         q = sinkhorn(scores, self.marginal(), self.options.epsilon, self.options.sinkhorn_iters)
         return q[-weak.shape[0] :]

@@ -273,15 +273,13 @@ def mit_variant(sd: dict[str, Tensor], prefix: str = "backbone.") -> tuple[tuple
 def _check_mit_variant(sd: dict[str, Tensor], model: nn.Module, path: str | Path) -> None:
     from udaseg.models.mit import MIT_SPECS
 
-    def name(dims: tuple, depths: tuple) -> str:
-        found = [n for n, s in MIT_SPECS.items() if (s.embed_dims, s.depths) == (dims, depths)]
-        return found[0] if found else "no released variant"
-
     spec = model.backbone.spec
     dims, depths = mit_variant(sd)
     if (dims, depths) != (spec.embed_dims, spec.depths):
+        found = [n for n, s in MIT_SPECS.items() if (s.embed_dims, s.depths) == (dims, depths)]
+        variant = found[0] if found else "no released variant"
+        hint = f"; use model.name: {model.head_type}_mit{variant[4:]} for this file" if found else ""
         raise PretrainedError(
-            f"{path}: holds a MiT encoder with embed dims {dims} and depths {depths} ({name(dims, depths)}), but the "
-            f"model's encoder is {model.encoder_name} (embed dims {spec.embed_dims}, depths {spec.depths}); "
-            f"pick the model of the file's variant (model.name: {model.head_type}_mit{name(dims, depths)[4:]})"
+            f"{path}: holds a MiT encoder with embed dims {dims} and depths {depths} ({variant}), but the model's "
+            f"encoder is {model.encoder_name} (embed dims {spec.embed_dims}, depths {spec.depths}){hint}"
         )

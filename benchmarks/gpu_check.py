@@ -1,0 +1,161 @@
+"""One command on a fresh GPU machine (H100/H200, no internet): install, test, benchmark, train, in <= 8 minutes.
+
+    make gpu-check                                   # = python benchmarks/gpu_check.py
+    WHEELS=/path/to/wheels make gpu-check            # install offline first: pip --no-index --find-links $WHEELS
+    python benchmarks/gpu_check.py --dry-run         # print the steps and their commands, run nothing
+
+Steps, in order, each with a time budget (the whole run stops at --budget seconds, default 480):
+  1. install     pip install --no-index --find-links $WHEELS -e .[dev] (only when WHEELS is set), then check imports
+  2. cuda        torch sees a CUDA device (the first step that needs one)
+  3. pytest      pytest -m gpu: the kernels against their float64 references on the GPU, every dtype
+  4. kernels     bench_kernels.py --device cuda: every op, eager / torch.compile / triton, beside the roofline model
+  5. step        bench_step.py --size paper: a training step with the fused kernels against the torch reference
+  6. train       python -m udaseg.train --kernels triton, 300 iterations, AMP (bf16 on Hopper)
+Results: benchmarks/results/kernels-cuda.*, step-cuda-paper.*, gpu-check-cuda.{json,md} (this run's log).
+
+Without a CUDA device it runs the steps before the first one that needs CUDA, then stops with exit code 3 and
+prints what it would have run: a dry run of the machine-independent part (tested on CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+EXIT_NO_CUDA = 3
+PY = sys.executable
+
+
+@dataclass
+class Step:
+    """One step: a command, whether it needs CUDA, and its share of the time budget (seconds)."""
+
+    name: str
+    command: list[str]
+    needs_cuda: bool
+    budget_s: int
+    what: str
+    env: dict = field(default_factory=dict)
+
+
+def steps(wheels: str | None, iters: int) -> list[Step]:
+    install = ([PY, "-m", "pip", "install", "--no-index", "--find-links", wheels, "-e", ".[dev]"] if wheels else
+               [PY, "-c", "import torch, triton, udaseg.kernels; print('torch', torch.__version__, 'triton', "
+                "triton.__version__)"])
+    cuda_probe = ("import sys, torch; ok = torch.cuda.is_available(); "
+                  "print(torch.cuda.get_device_name(0) if ok else 'no CUDA device'); sys.exit(0 if ok else 1)")
+    no_interp = {"TRITON_INTERPRET": None}  # compiled kernels on the GPU, never the interpreter
+    return [
+        Step("install", install, False, 60, "install the project offline (WHEELS) or check that it imports"),
+        Step("cuda", [PY, "-c", cuda_probe], True, 20, "torch sees a CUDA device"),
+        Step("pytest", [PY, "-m", "pytest", "-q", "-m", "gpu", "tests"], True, 100,
+             "GPU tests: kernels vs float64 references, every dtype", no_interp),
+        Step("kernels", [PY, "benchmarks/bench_kernels.py", "--device", "cuda", "--reps", "3"], True, 130,
+             "kernel benchmark at paper sizes (bf16), with the roofline model", no_interp),
+        Step("step", [PY, "benchmarks/bench_step.py", "--size", "paper", "--methods", "self_training,dida",
+                      "--kernels", "triton,torch", "--iters", "20", "--amp"], True, 90,
+             "training-step overhead of DIDA at paper size, fused kernels vs torch, AMP", no_interp),
+        Step("train", [PY, "-m", "udaseg.train", "--kernels", "triton", "--iters", str(iters), "--warmup-iters", "0",
+                       "--set", "train.amp=true", "--set", "train.eval_every=0", "--out", "runs/gpu-check/train",
+                       "--overwrite"], True, 80, f"{iters}-iteration training run with the Triton kernels and AMP",
+             no_interp),
+    ]
+
+
+def _env(step: Step) -> dict:
+    env = dict(os.environ)
+    for key, value in step.env.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+def _cuda_available() -> bool:
+    probe = subprocess.run([PY, "-c", "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"],
+                           capture_output=True, cwd=ROOT)
+    return probe.returncode == 0
+
+
+def run_step(step: Step, timeout: float) -> dict:
+    """Run one step with its output streamed to the console; its record for the log."""
+    print(f"\n=== {step.name}: {step.what}\n$ {' '.join(step.command)}", flush=True)
+    start = time.perf_counter()
+    try:
+        done = subprocess.run(step.command, cwd=ROOT, env=_env(step), timeout=max(1.0, timeout))
+        rc = done.returncode
+    except subprocess.TimeoutExpired:
+        rc = "timeout"
+    return {"step": step.name, "command": " ".join(step.command), "rc": rc,
+            "seconds": round(time.perf_counter() - start, 1), "budget_s": step.budget_s}
+
+
+def _write_log(records: list[dict], status: str, out: Path) -> None:
+    from udaseg.fileio import write_json, write_text
+
+    meta = {"status": status, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "python": platform.python_version(),
+            "host": platform.node()}
+    write_json(out / "gpu-check-cuda.json", {"meta": meta, "steps": records})
+    lines = [f"# gpu-check: {status}", "", f"{meta['date']}", "", "| step | rc | seconds | budget | command |",
+             "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['step']} | {r['rc']} | {r['seconds']} | {r['budget_s']} | `{r['command']}` |" for r in records]
+    write_text(out / "gpu-check-cuda.md", "\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--wheels", default=os.environ.get("WHEELS") or None, help="folder of wheels (default: $WHEELS)")
+    p.add_argument("--budget", type=float, default=480.0, help="seconds for the whole run (default 480 = 8 min)")
+    p.add_argument("--iters", type=int, default=300, help="training iterations of the last step")
+    p.add_argument("--dry-run", action="store_true", help="print the steps and commands, run nothing")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+    if args.wheels and not Path(args.wheels).is_dir():
+        print(f"error: WHEELS={args.wheels!r} is not a folder (it should hold the wheels to install offline)",
+              file=sys.stderr)
+        return 2
+    plan = steps(args.wheels, args.iters)
+    if args.dry_run:
+        for step in plan:
+            print(f"{step.name:8s} {'CUDA' if step.needs_cuda else 'any ':4s} <= {step.budget_s:3d} s  "
+                  f"{' '.join(step.command)}")
+        return 0
+    deadline = time.perf_counter() + args.budget
+    records: list[dict] = []
+    cuda = None
+    for i, step in enumerate(plan):
+        if step.needs_cuda and cuda is None:
+            cuda = _cuda_available()
+        if step.needs_cuda and not cuda:
+            print(f"\nstop: step '{step.name}' ({step.what}) needs a CUDA device and torch sees none.\n"
+                  "On a GPU machine this would run:", file=sys.stderr)
+            for later in plan[i:]:
+                print(f"  {later.name:8s} {' '.join(later.command)}", file=sys.stderr)
+            return EXIT_NO_CUDA
+        remaining = deadline - time.perf_counter()
+        if remaining <= 0:
+            records.append({"step": step.name, "command": " ".join(step.command), "rc": "not run: out of time",
+                            "seconds": 0.0, "budget_s": step.budget_s})
+            continue
+        records.append(run_step(step, min(remaining, step.budget_s * 1.5)))
+        if step.name in ("install", "cuda") and records[-1]["rc"] != 0:
+            print(f"error: step '{step.name}' failed (rc {records[-1]['rc']}); later steps need it", file=sys.stderr)
+            break
+    failed = [r["step"] for r in records if r["rc"] != 0]
+    status = "all steps passed" if not failed and len(records) == len(plan) else f"failed or not run: {failed}"
+    _write_log(records, status, args.out)
+    print(f"\ngpu-check: {status}; log in {args.out / 'gpu-check-cuda.md'}")
+    return 0 if status == "all steps passed" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
