@@ -103,3 +103,17 @@ def test_a_checkpoint_write_that_fails_keeps_the_previous_file(tmp_path, monkeyp
     monkeypatch.setattr(torch, "save", real)
     assert torch.equal(load_checkpoint(path)["x"], torch.arange(3)) and [p.name for p in tmp_path.iterdir()] == [
         "last.pt"]
+
+
+def test_a_split_without_labels_is_refused_not_a_silent_nan(tmp_path, capsys, checkpoint):
+    """Issue 12 case 3 through evaluate: Cityscapes images without gtFine/ are refused, naming the missing folder."""
+    import shutil
+
+    from tests.data.data_fixtures import make_cityscapes
+
+    make_cityscapes(tmp_path / "cs", split="val")
+    shutil.rmtree(tmp_path / "cs" / "gtFine")
+    assert main(["--checkpoint", str(checkpoint), "--dataset", f"cityscapes:{tmp_path / 'cs'}", "--device", "cpu",
+                 "--output", str(tmp_path / "r.json")]) == 2
+    one_line_error(capsys, "has no labels", "gtFine")
+    assert not (tmp_path / "r.json").exists()

@@ -41,6 +41,12 @@ class DataConfig:
     rcs_temperature: float = 0.01  # T in P(c) = softmax((1 - f_c) / T)
     rcs_min_pixels: int = 50  # an image counts for class c when it has more pixels of c (3000 at 1280x720)
     synthetic: dict[str, Any] = field(default_factory=dict)  # options of the synthetic benchmark: count, size, seed
+    # Options of one loader, used when that dataset is a source, target or val (docs/datasets.md, recordings.md):
+    acdc: dict[str, Any] = field(default_factory=dict)  # conditions: [fog, night, rain, snow]
+    darkzurich: dict[str, Any] = field(default_factory=dict)  # times: [night, twilight, day]
+    mapillary: dict[str, Any] = field(default_factory=dict)  # version: v1.2 or v2.0
+    rosbag: dict[str, Any] = field(default_factory=dict)  # every: N frames, min_interval_s: seconds
+    video: dict[str, Any] = field(default_factory=dict)  # every: N frames, min_interval_s: seconds
 
 
 @dataclass

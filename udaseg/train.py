@@ -164,8 +164,8 @@ def train(cfg: Config, out: str | Path, resume: bool = False, stop_after: int | 
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     dist.on_main(lambda: folder.claim(out, resume, overwrite))
     datasets = build_datasets(cfg)
-    dist.on_main(lambda: check_inputs(datasets))
-    run, stages = build_run(cfg, build_data(cfg, datasets, out), device)
+    reports = dist.on_main(lambda: check_inputs(datasets))
+    run, stages = build_run(cfg, build_data(cfg, datasets, out, reports), device)
     start_run(run, cfg, out, resume)
     run.monitor = Monitor.for_run(cfg, run, out)  # pseudo-label diagnostics, label-free selection (docs/trust.md)
     dist.broadcast_module(run.student)
@@ -266,6 +266,9 @@ def update_state(run: Run, cfg: Config, step: Step, methods: list[Method]) -> No
 
 def make_step(run: Run, cfg: Config, it: int, src: dict, tgt: dict | None, amp) -> Step:
     device = run.device
+    # The models' own randomness (MiT stochastic depth, dropout) draws from the global RNG, which DataLoader
+    # iterators also consume at points that differ after a resume: seed it per step like the other streams.
+    torch.manual_seed(int(np.random.SeedSequence([cfg.train.seed, it, dist.rank(), 1]).generate_state(1)[0]))
     return Step(iteration=it, source_image=src["image"].to(device, non_blocking=True),
                 source_label=src["label"].to(device, non_blocking=True),
                 target_image=None if tgt is None else tgt["image"].to(device, non_blocking=True),

@@ -9,7 +9,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from udaseg.config import Config
-from udaseg.data import build_dataset
+from udaseg.data import build_dataset, dataset_options
 from udaseg.engine import data as D
 from udaseg.engine.state import TrainData
 
@@ -19,8 +19,7 @@ def build_datasets(cfg: Config) -> dict:
     d = cfg.data
 
     def dataset(spec: str, split: str, role: str):
-        options = d.synthetic if spec.split(":")[0].startswith("synthetic") else {}
-        return build_dataset(spec, split=split, role=role, **options)
+        return build_dataset(spec, split=split, role=role, **dataset_options(spec, d))  # data.<name> options
 
     val = dataset(d.val or d.target, d.val_split, "target") if cfg.train.evaluate else None
     return {"source": dataset(d.source, "train", "source"), "target": dataset(d.target, "train", "target"),
@@ -39,19 +38,27 @@ def check_inputs(datasets: dict) -> list:
     return reports
 
 
-def build_data(cfg: Config, datasets: dict, out: Path) -> TrainData:
-    """Source/target training views, the validation set and the rare-class sampling tables."""
+def build_data(cfg: Config, datasets: dict, out: Path, reports: list | None = None) -> TrainData:
+    """Source/target training views, the validation set and the rare-class sampling tables.
+
+    `reports`: check_inputs' reports where this process made them (rank 0): the source's class counts are then
+    taken from its check instead of decoding every label a second time.
+    """
     d = cfg.data
     rcs = None
     if d.rcs:
         from udaseg.data.rcs import class_stats
 
-        counts = class_stats(datasets["source"], cache_dir=out / "cache")  # (N, C), cached in the run folder
+        source = next((r for r in reports or [] if r.role == "source"), None)
+        known = {"counts": source.counts, "pixels": source.pixels} if source is not None else {}
+        counts = class_stats(datasets["source"], cache_dir=out / "cache", **known)  # (N, C), cached in the run folder
         rcs = D.rcs_tables(counts, d.rcs_temperature, d.rcs_min_pixels)
     view = dict(crop=d.crop, scale_range=d.scale_range, flip=True)
-    return TrainData(
-        source=D.TrainView(datasets["source"], resize=d.source_resize, min_class_pixels=d.rcs_min_pixels, **view),
-        target=D.TrainView(datasets["target"], resize=d.target_resize, **view), val=datasets["val"], rcs=rcs)
+    # colour/style randomisation of the labelled source crops (cfg.augment, off by default; docs/trust.md)
+    source = D.TrainView(datasets["source"], resize=d.source_resize, min_class_pixels=d.rcs_min_pixels,
+                         photometric=cfg.augment, style_images=datasets["target"], **view)
+    return TrainData(source=source, target=D.TrainView(datasets["target"], resize=d.target_resize, **view),
+                     val=datasets["val"], rcs=rcs)
 
 
 def streams(cfg: Config, data: TrainData, start: int, end: int, rank: int, pin: bool, target: bool):
