@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ._checks import check_count, check_float, check_index
 from ._dispatch import INTERPRET, acc_dtype, chunk_rows, next_pow2, resolve_impl
-from ._tiles import Launcher, configs, dot_precision, num_programs, tl, triton
+from ._tiles import Launcher, by_precision, configs, dot_precision, num_programs, tl, triton
 
 _OP = "class_feature_sums"
 _MAX_CLASSES = 128  # the (C, BLOCK_D) accumulator lives in registers; more classes: the chunked torch path
@@ -119,11 +119,17 @@ def _sums_kernel(
         tl.store(cnt_ptr + g * C_PAD + cls, count)
 
 
+# Half features: the one-hot GEMM on tensor cores. float32 ("ieee", exact sums) runs on the FMA units, which hold
+# the dot's operands in registers: row blocks of 32-64 (128-row blocks spilled on sm_80, benchmarks/kernels_static.py).
+_HALF = configs(({"BLOCK_N": 128, "BLOCK_D": 64}, 4, 3), ({"BLOCK_N": 256, "BLOCK_D": 64}, 8, 3),
+                ({"BLOCK_N": 128, "BLOCK_D": 128}, 8, 3))
+_FP32 = configs(({"BLOCK_N": 32, "BLOCK_D": 64}, 4, 2), ({"BLOCK_N": 32, "BLOCK_D": 128}, 8, 2),
+                ({"BLOCK_N": 64, "BLOCK_D": 64}, 8, 2))
 _SUMS = Launcher(
     _sums_kernel,
-    configs(({"BLOCK_N": 128, "BLOCK_D": 64}, 4, 3), ({"BLOCK_N": 256, "BLOCK_D": 64}, 8, 3),
-            ({"BLOCK_N": 128, "BLOCK_D": 128}, 8, 3)),
+    _HALF + _FP32,
     key=["D", "C_PAD", "PREC"],
+    prune=by_precision(_HALF, _FP32),
     interpret=lambda kw: {"BLOCK_N": 32, "BLOCK_D": 32},
 )
 

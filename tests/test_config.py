@@ -72,3 +72,15 @@ def test_resume_diff_splits_free_keys_and_ignores_new_defaults():
     now = from_dict({"train": {"log_every": 5, "seed": 7}})
     changed, free = resume_diff(saved, now)
     assert changed == ["train.seed: 0 in the run, 7 now"] and free == ["train.log_every: 20 in the run, 5 now"]
+
+
+def test_validate_checks_monitor_and_augment_before_any_data_is_built():
+    from udaseg.config import validate
+
+    cfg = load_config(None, ["monitor.criterion=foo", "monitor.on_collapse=panic", "augment.blur=2",
+                             "monitor.probe_images=0"])
+    with pytest.raises(ConfigError) as e:
+        validate(cfg)
+    for key in ("monitor.criterion='foo'", "monitor.on_collapse='panic'", "augment.blur=2.0", "monitor.probe_images=0"):
+        assert key in str(e.value)
+    validate(load_config(None, ["monitor.criterion=snd", "augment.fda=0.5"]))  # valid values pass

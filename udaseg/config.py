@@ -293,10 +293,22 @@ def validate(cfg: Config) -> Config:
     bad += [f"{k}={v!r}: expected one of {', '.join(map(str, c))}" for k, (v, c) in choices.items() if v not in c]
     if not (t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:")):
         bad.append(f"train.device={t.device!r}: expected auto, cpu, cuda or cuda:N")
-    bad += _names(cfg)
+    bad += _names(cfg) + _monitor_and_augment(cfg)
     if bad:
         raise ConfigError("bad config value" + ("s" if len(bad) > 1 else "") + ": " + "; ".join(bad))
     return cfg
+
+
+def _monitor_and_augment(cfg: Config) -> list[str]:
+    from udaseg.data.photometric import check as check_augment
+
+    m, bad = cfg.monitor, check_augment(cfg.augment)
+    choices = {"monitor.criterion": (m.criterion, ("agreement", "im", "snd", "entropy")),
+               "monitor.on_collapse": (m.on_collapse, ("warn", "stop", "rollback"))}  # fmt: skip
+    bad += [f"{k}={v!r}: expected one of {', '.join(c)}" for k, (v, c) in choices.items() if v not in c]
+    if m.probe_images < 1:
+        bad.append(f"monitor.probe_images={m.probe_images}: expected an integer >= 1")
+    return bad
 
 
 def _names(cfg: Config) -> list[str]:
