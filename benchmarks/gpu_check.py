@@ -15,6 +15,7 @@ Results: benchmarks/results/kernels-cuda.*, step-cuda-paper.*, gpu-check-cuda.{j
 
 Without a CUDA device it runs the steps before the first one that needs CUDA, then stops with exit code 3 and
 prints what it would have run: a dry run of the machine-independent part (tested on CPU).
+It imports nothing of udaseg (nor torch) itself before the install step has run: each step is a subprocess.
 """
 
 from __future__ import annotations

@@ -211,7 +211,8 @@ def _sinkhorn_triton(scores: Tensor, marginal: Tensor, epsilon: float, iteration
     n, k = scores.shape
     s = scores.contiguous()  # (N, K)
     block_k = next_pow2(k)
-    block_n = 16 if INTERPRET else max(1, 4096 // block_k)
+    # 2048-element tiles, 4 warps: 4096-element tiles on 8 warps spilled at K = 19 (benchmarks/kernels_static.py).
+    block_n = 16 if INTERPRET else max(1, 2048 // block_k)
     g = max(1, min(num_programs(s.device), triton.cdiv(n, block_n)))
     f32 = dict(dtype=torch.float32, device=s.device)
     u, v = torch.zeros(n, **f32), torch.zeros(k, **f32)  # (N,), (K,) log2 units

@@ -151,7 +151,7 @@ def test_cpu_path_memory_is_bounded(peak_extra_mb):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_gpu_triton_matches_reference(dtype, assert_close):
-    query, bank, labels = _data(1000, 3001, 64, 19, dtype)
+    query, bank, labels = _data(1000, 3001, 256, 19, dtype)
     query = torch.nn.functional.normalize(query.float(), dim=1).to(dtype).cuda().requires_grad_()
     bank = torch.nn.functional.normalize(bank.float(), dim=1).to(dtype).cuda()
     out = bank_class_logsumexp(query, bank, labels.cuda(), 19, 0.1, impl="triton")

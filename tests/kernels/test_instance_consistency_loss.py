@@ -134,7 +134,7 @@ def test_misuse_raises_value_error_naming_the_argument(key, value, name):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_gpu_triton_matches_reference(dtype, assert_close):
-    weak, strong, bank, labels, weights = (t.cuda() for t in _data(1000, 3001, 64, 19))
+    weak, strong, bank, labels, weights = (t.cuda() for t in _data(1000, 3001, 256, 19))
     weak, strong, bank = (torch.nn.functional.normalize(t, dim=1).to(dtype) for t in (weak, strong, bank))
     s = strong.clone().requires_grad_()
     loss = instance_consistency_loss(weak, s, bank, labels, weights, 0.1, impl="triton")

@@ -162,3 +162,14 @@ def test_a_new_method_is_one_class_and_its_registration(toy_method, tmp_path):
     assert len(adapt) == 3 and all(r["toy_entropy/entropy"] > 0 for r in adapt)
     state = torch.load(tmp_path / "last.pt", weights_only=True)["methods"]["toy_entropy"]
     assert state == {"steps": 3}  # checkpointed with the run, like every method's state
+
+
+def test_warmup_names_come_from_the_plugins():
+    """`--warmup` values map to the plug-ins that declare `warmup = True`; anything else is a ConfigError."""
+    from udaseg.config import ConfigError
+
+    assert resolve_warmup("source_only") == "source_only" and resolve_warmup("diga") == "diga_warmup"
+    assert resolve_warmup("diga_warmup") == "diga_warmup"  # the registered name works too
+    assert {REGISTRY[n].warmup for n in ("source_only", "diga_warmup")} == {True} and not REGISTRY["dida"].warmup
+    with pytest.raises(ConfigError, match=r"train.warmup='dida' is not a warm-up; valid: diga, source_only"):
+        resolve_warmup("dida")

@@ -180,7 +180,7 @@ def test_load_rejects_a_bank_of_another_shape():  # the round trip itself: tests
 def test_trains_and_resumes(tmp_path):
     check_resume_exact(tiny_config("dida"), tmp_path, stop_after=3)  # bitwise: weights, heads, method state
     rows = [json.loads(r) for r in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
-    adapt = [r for r in rows if r["stage"] == "adapt"]
+    adapt = [r for r in rows if r.get("stage") == "adapt"]
     assert adapt and all(r["dida/instance"] >= 0 for r in adapt)
     payload = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)
     assert (payload["methods"]["dida"]["bank_labels"] >= 0).any() and "dida.head" in payload["heads"]
