@@ -217,9 +217,17 @@ def start_run(run: Run, cfg: Config, out: Path, resume: bool) -> None:
     dist.barrier()
 
 
-def amp_context(cfg: Config, device: torch.device):
+def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype:
+    """The autocast dtype on CUDA with train.amp (bf16 where supported, else fp16); float32 otherwise. Plug-ins hand
+    the kernels their embeddings and banks in it (Step.compute_dtype), so the bank GEMMs run on tensor cores."""
     if device.type == "cuda" and cfg.train.amp:
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def amp_context(cfg: Config, device: torch.device):
+    dtype = amp_dtype(cfg, device)
+    if dtype != torch.float32:
         return lambda: torch.autocast("cuda", dtype=dtype)
     return contextlib.nullcontext
 
@@ -273,7 +281,7 @@ def make_step(run: Run, cfg: Config, it: int, src: dict, tgt: dict | None, amp) 
                 source_label=src["label"].to(device, non_blocking=True),
                 target_image=None if tgt is None else tgt["image"].to(device, non_blocking=True),
                 generator=step_generator(cfg.train.seed, it, dist.rank()),
-                student=run.student, teacher=run.teacher, amp=amp)
+                student=run.student, teacher=run.teacher, amp=amp, compute_dtype=amp_dtype(cfg, device))
 
 
 @dataclass
