@@ -24,6 +24,7 @@ demo: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test: lint
 	TRITON_INTERPRET=1 $(PY) -m pytest -q

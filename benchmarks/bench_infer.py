@@ -215,8 +215,12 @@ def prepost_rows(size: tuple[int, int], args) -> list[dict]:
 
 
 def stats(times_ms: list[float]) -> dict:
-    return {"median_ms": statistics.median(times_ms), "p90_ms": float(np.percentile(times_ms, 90)),
-            "throughput_fps": 1000 / statistics.mean(times_ms), "iters": len(times_ms)}
+    return {
+        "median_ms": statistics.median(times_ms),
+        "p90_ms": float(np.percentile(times_ms, 90)),
+        "throughput_fps": 1000 / statistics.mean(times_ms),
+        "iters": len(times_ms),
+    }
 
 
 def write_camera_bag(path: Path, storage: str, frames: int, size: tuple[int, int]) -> Path:
@@ -257,8 +261,15 @@ def recording_rows(graph: Path, size: tuple[int, int], out: Path, args) -> list[
             seg.append(1000 * (time.perf_counter() - start))
             return result
 
-        ns = argparse.Namespace(every=1, min_interval_s=0.0, size=None, confidence=False, float_confidence=False,
-                                progress=False, output=str(out / f"seg{suffix}"))
+        ns = argparse.Namespace(
+            every=1,
+            min_interval_s=0.0,
+            size=None,
+            confidence=False,
+            float_confidence=False,
+            progress=False,
+            output=str(out / f"seg{suffix}"),
+        )
         source = BagSource(path, "/cam")
         infer.segment = timed_segment
         try:
@@ -277,11 +288,17 @@ def recording_rows(graph: Path, size: tuple[int, int], out: Path, args) -> list[
         outside = wall_ms - statistics.mean(seg)
         rows += [
             {"backend": f"bag {suffix}: read + decode", "precision": "rgb8", **stats(reads)},
-            {"backend": f"bag {suffix}: pre + post (python)", "precision": "-",
-             **stats([s - m for s, m in zip(seg, model)])},
+            {
+                "backend": f"bag {suffix}: pre + post (python)",
+                "precision": "-",
+                **stats([s - m for s, m in zip(seg, model)]),
+            },
             {"backend": f"bag {suffix}: onnxruntime cpu", "precision": "fp32", **stats(model)},
-            {"backend": f"bag {suffix}: loop outside the model (read + write)", "precision": "wall",
-             **stats([outside])},
+            {
+                "backend": f"bag {suffix}: loop outside the model (read + write)",
+                "precision": "wall",
+                **stats([outside]),
+            },
         ]
     return rows
 
@@ -304,14 +321,17 @@ def recording_overheads(rows: list[dict]) -> list[str]:
     """'bag .mcap: reading + writing = 4.1 % of the ONNX Runtime time' lines."""
     lines = []
     for suffix in (".mcap", ".db3"):
-        median = {r["backend"].split(": ", 1)[1]: r["median_ms"] for r in rows
-                  if r["backend"].startswith(f"bag {suffix}:")}
+        median = {
+            r["backend"].split(": ", 1)[1]: r["median_ms"] for r in rows if r["backend"].startswith(f"bag {suffix}:")
+        }
         if median:
             io_ms = median["loop outside the model (read + write)"]
-            lines.append(f"bag {suffix}: reading + writing add {io_ms:.1f} ms a frame = "
-                         f"{100 * io_ms / median['onnxruntime cpu']:.1f} % of the ONNX Runtime time "
-                         f"({median['onnxruntime cpu']:.1f} ms; goal < 10 %); Python pre + post "
-                         f"{median['pre + post (python)']:.1f} ms")
+            lines.append(
+                f"bag {suffix}: reading + writing add {io_ms:.1f} ms a frame = "
+                f"{100 * io_ms / median['onnxruntime cpu']:.1f} % of the ONNX Runtime time "
+                f"({median['onnxruntime cpu']:.1f} ms; goal < 10 %); Python pre + post "
+                f"{median['pre + post (python)']:.1f} ms"
+            )
     return lines
 
 
@@ -449,8 +469,11 @@ def main(argv: list[str] | None = None) -> dict:
             print(
                 f"{text}: " + ", ".join(f"{r['backend']} {r['precision']} {r.get('median_ms', 0):.1f} ms" for r in rows)
             )
-        acc = (accuracy(checkpoint, trained, out, args) if not args.recording_only
-               else {"measured": False, "reason": "--recording-only"})
+        acc = (
+            accuracy(checkpoint, trained, out, args)
+            if not args.recording_only
+            else {"measured": False, "reason": "--recording-only"}
+        )
     env["load_after"] = round(os.getloadavg()[0], 2)
     result = {
         "checkpoint": args.checkpoint,

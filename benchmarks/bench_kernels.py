@@ -61,21 +61,59 @@ PEAKS = {
     "H100 SXM": {"bf16": 989.4e12, "tf32": 494.7e12, "fp32": 66.9e12, "bytes": 3.35e12, "exp": 3.87e12},
     "H200 SXM": {"bf16": 989.4e12, "tf32": 494.7e12, "fp32": 66.9e12, "bytes": 4.8e12, "exp": 3.87e12},
 }
-PEAK_SOURCE = ("NVIDIA H100/H200 SXM data sheets: bf16/fp16 tensor 989.4 TFLOP/s dense (1,979 with sparsity), "
-               "TF32 494.7, fp32 66.9; HBM3 3.35 TB/s (H100), HBM3e 4.8 TB/s (H200)")
+PEAK_SOURCE = (
+    "NVIDIA H100/H200 SXM data sheets: bf16/fp16 tensor 989.4 TFLOP/s dense (1,979 with sparsity), "
+    "TF32 494.7, fp32 66.9; HBM3 3.35 TB/s (H100), HBM3e 4.8 TB/s (H200)"
+)
 
 # Sizes: paper = the loop at paper scale (65,536 query pixels, a 19 x 2,000 bank, D = 256); loop = one training
 # step's query count (a few thousand pixels, where the bank split matters); cpu = scaled to ~0.1-1 s per call on
 # two cores; static = shapes with the paper sizes' divisibility, small enough to build on CPU (the static check).
 SIZES = {
-    "paper": {"N": 65536, "M": 38000, "D": 256, "C": 19, "k": 16, "fuse": (2, 19, 512, 1024), "pixels": 1 << 20,
-              "sink_N": 65536, "sink_K": (19, 190)},
-    "loop": {"N": 4096, "M": 38000, "D": 256, "C": 19, "k": 16, "fuse": (2, 19, 512, 512), "pixels": 1 << 18,
-             "sink_N": 4096, "sink_K": (19,)},
-    "cpu": {"N": 2048, "M": 7999, "D": 64, "C": 19, "k": 16, "fuse": (2, 19, 256, 512), "pixels": 1 << 18,
-            "sink_N": 16384, "sink_K": (190,)},
-    "static": {"N": 4096, "M": 38000, "D": 256, "C": 19, "k": 16, "fuse": (2, 19, 64, 128), "pixels": 1 << 14,
-               "sink_N": 4096, "sink_K": (19, 190, 4096)},
+    "paper": {
+        "N": 65536,
+        "M": 38000,
+        "D": 256,
+        "C": 19,
+        "k": 16,
+        "fuse": (2, 19, 512, 1024),
+        "pixels": 1 << 20,
+        "sink_N": 65536,
+        "sink_K": (19, 190),
+    },
+    "loop": {
+        "N": 4096,
+        "M": 38000,
+        "D": 256,
+        "C": 19,
+        "k": 16,
+        "fuse": (2, 19, 512, 512),
+        "pixels": 1 << 18,
+        "sink_N": 4096,
+        "sink_K": (19,),
+    },
+    "cpu": {
+        "N": 2048,
+        "M": 7999,
+        "D": 64,
+        "C": 19,
+        "k": 16,
+        "fuse": (2, 19, 256, 512),
+        "pixels": 1 << 18,
+        "sink_N": 16384,
+        "sink_K": (190,),
+    },
+    "static": {
+        "N": 4096,
+        "M": 38000,
+        "D": 256,
+        "C": 19,
+        "k": 16,
+        "fuse": (2, 19, 64, 128),
+        "pixels": 1 << 14,
+        "sink_N": 4096,
+        "sink_K": (19, 190, 4096),
+    },
 }
 
 
@@ -127,8 +165,13 @@ def _bank_inputs(s: dict, device: str, dtype: torch.dtype) -> Callable[[], tuple
         labels = torch.arange(s["M"]) % s["C"]  # 19 classes of M / 19 slots, as in DIDA's bank
         weights = torch.rand(s["N"], s["C"], generator=g).softmax(1)
         strong = q + 0.1 * torch.randn(q.shape, generator=g)
-        return (q.to(device, dtype), b.to(device, dtype), labels.to(device), weights.to(device),
-                strong.to(device, dtype))
+        return (
+            q.to(device, dtype),
+            b.to(device, dtype),
+            labels.to(device),
+            weights.to(device),
+            strong.to(device, dtype),
+        )
 
     return _lazy(build)
 
@@ -152,8 +195,17 @@ def case_bank_topk(s, device, dtype, compiled) -> list[Case]:
         return lambda: fn(inputs()[0], inputs()[1], k)
 
     e = dtype.itemsize
-    return [Case("bank_topk", "forward", f"{_bank_size(s, dtype)} k={k}", dtype, run, 2 * n * m * d,
-                 (n + m) * d * e + n * k * 12)]
+    return [
+        Case(
+            "bank_topk",
+            "forward",
+            f"{_bank_size(s, dtype)} k={k}",
+            dtype,
+            run,
+            2 * n * m * d,
+            (n + m) * d * e + n * k * 12,
+        )
+    ]
 
 
 @case
@@ -174,10 +226,19 @@ def case_bank_class_logsumexp(s, device, dtype, compiled) -> list[Case]:
         return run
 
     one = (n + m) * d * dtype.itemsize + n * c * 4
-    return [Case("bank_class_logsumexp", "forward", _bank_size(s, dtype), dtype, make(False), 2 * n * m * d, one,
-                 n * m),
-            Case("bank_class_logsumexp", "forward+backward", _bank_size(s, dtype), dtype, make(True), 6 * n * m * d,
-                 2 * one + n * d * 4, 2 * n * m)]
+    return [
+        Case("bank_class_logsumexp", "forward", _bank_size(s, dtype), dtype, make(False), 2 * n * m * d, one, n * m),
+        Case(
+            "bank_class_logsumexp",
+            "forward+backward",
+            _bank_size(s, dtype),
+            dtype,
+            make(True),
+            6 * n * m * d,
+            2 * one + n * d * 4,
+            2 * n * m,
+        ),
+    ]
 
 
 @case
@@ -197,10 +258,28 @@ def case_instance_consistency_loss(s, device, dtype, compiled) -> list[Case]:
         return run
 
     one = (2 * n + m) * d * dtype.itemsize + n * c * 4 + n * 4
-    return [Case("instance_consistency_loss", "forward", _bank_size(s, dtype), dtype, make(False), 4 * n * m * d,
-                 one, 2 * n * m),
-            Case("instance_consistency_loss", "forward+backward", _bank_size(s, dtype), dtype, make(True),
-                 10 * n * m * d, 2 * one + n * d * 4, 4 * n * m)]
+    return [
+        Case(
+            "instance_consistency_loss",
+            "forward",
+            _bank_size(s, dtype),
+            dtype,
+            make(False),
+            4 * n * m * d,
+            one,
+            2 * n * m,
+        ),
+        Case(
+            "instance_consistency_loss",
+            "forward+backward",
+            _bank_size(s, dtype),
+            dtype,
+            make(True),
+            10 * n * m * d,
+            2 * one + n * d * 4,
+            4 * n * m,
+        ),
+    ]
 
 
 @case
@@ -219,8 +298,17 @@ def case_fuse_pseudo_labels(s, device, dtype, compiled) -> list[Case]:
         fn = _impl_fn(fuse_pseudo_labels, fuse_pseudo_labels_reference, impl, compiled)
         return lambda: fn(inputs()[0], inputs()[1], 0.5, inputs()[2])
 
-    return [Case("fuse_pseudo_labels", "forward", f"{bb}x{cc}x{h}x{w} {str(dtype)[6:]}", dtype, run, 0,
-                 2 * bb * cc * h * w * dtype.itemsize + bb * h * w * 12)]
+    return [
+        Case(
+            "fuse_pseudo_labels",
+            "forward",
+            f"{bb}x{cc}x{h}x{w} {str(dtype)[6:]}",
+            dtype,
+            run,
+            0,
+            2 * bb * cc * h * w * dtype.itemsize + bb * h * w * 12,
+        )
+    ]
 
 
 @case
@@ -239,8 +327,17 @@ def case_class_feature_sums(s, device, dtype, compiled) -> list[Case]:
         fn = _impl_fn(class_feature_sums, class_feature_sums_reference, impl, compiled)
         return lambda: fn(inputs()[0], inputs()[1], c)
 
-    return [Case("class_feature_sums", "forward", f"N={px} D={d} {str(dtype)[6:]}", dtype, run, 0,
-                 px * (d * dtype.itemsize + 8) + c * d * 4)]
+    return [
+        Case(
+            "class_feature_sums",
+            "forward",
+            f"N={px} D={d} {str(dtype)[6:]}",
+            dtype,
+            run,
+            0,
+            px * (d * dtype.itemsize + 8) + c * d * 4,
+        )
+    ]
 
 
 @case
@@ -261,8 +358,18 @@ def case_sinkhorn(s, device, dtype, compiled) -> list[Case]:
             fn = _impl_fn(sinkhorn, sinkhorn_reference, impl, compiled)
             return lambda: fn(inputs()[0], inputs()[1], 0.05, 3)
 
-        cases.append(Case("sinkhorn", "forward", f"N={sn} K={sk} 3 iterations {str(dtype)[6:]}", dtype, run, 0,
-                          sn * sk * (dtype.itemsize + 4), 4 * sn * sk))
+        cases.append(
+            Case(
+                "sinkhorn",
+                "forward",
+                f"N={sn} K={sk} 3 iterations {str(dtype)[6:]}",
+                dtype,
+                run,
+                0,
+                sn * sk * (dtype.itemsize + 4),
+                4 * sn * sk,
+            )
+        )
     return cases
 
 
@@ -275,8 +382,11 @@ def roofline(c: Case, gpu: str) -> dict:
     units (the kernels' exact "ieee" float32 products)."""
     peak = PEAKS[gpu]
     flop_peak = peak["fp32"] if c.dtype == torch.float32 else peak["bf16"]
-    parts = {"gemm_ms": c.flops / flop_peak * 1e3, "memory_ms": c.bytes / peak["bytes"] * 1e3,
-             "exp_ms": c.exps / peak["exp"] * 1e3}
+    parts = {
+        "gemm_ms": c.flops / flop_peak * 1e3,
+        "memory_ms": c.bytes / peak["bytes"] * 1e3,
+        "exp_ms": c.exps / peak["exp"] * 1e3,
+    }
     bound = max(parts, key=parts.get)
     return {**parts, "expected_ms": parts[bound], "bound": bound.removesuffix("_ms")}
 
@@ -288,8 +398,14 @@ def roofline_rows(sizes: str = "paper") -> list[dict]:
         bank = op in ("bank_topk", "bank_class_logsumexp", "instance_consistency_loss")
         for dtype in (torch.bfloat16, torch.float32) if bank else (torch.float32, torch.bfloat16):
             for c in build(SIZES[sizes], "cpu", dtype, {}):
-                row = {"op": c.op, "mode": c.mode, "size": c.size, "gflop": c.flops / 1e9, "mb": c.bytes / 1e6,
-                       "gexp": c.exps / 1e9}
+                row = {
+                    "op": c.op,
+                    "mode": c.mode,
+                    "size": c.size,
+                    "gflop": c.flops / 1e9,
+                    "mb": c.bytes / 1e6,
+                    "gexp": c.exps / 1e9,
+                }
                 for gpu in PEAKS:
                     row[gpu] = roofline(c, gpu)
                 rows.append(row)
@@ -297,16 +413,22 @@ def roofline_rows(sizes: str = "paper") -> list[dict]:
 
 
 def roofline_markdown(rows: list[dict], sizes: str) -> str:
-    lines = [f"# Roofline model at {sizes} sizes (no measurement: data-sheet peaks)", "",
-             f"Peaks: {PEAK_SOURCE}; exp rate {PEAKS['H100 SXM']['exp'] / 1e12:.2f} T/s (16/clk/SM, our arithmetic). "
-             "Expected = max(GEMM, memory, exp) time: perfect overlap, so a lower bound. bf16 dots on tensor "
-             "cores; float32 bank ops use exact FMA products (\"ieee\").", "",
-             "| op | mode | size | GFLOP | MB | G exp | bound | H100 expected ms | H200 expected ms |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"# Roofline model at {sizes} sizes (no measurement: data-sheet peaks)",
+        "",
+        f"Peaks: {PEAK_SOURCE}; exp rate {PEAKS['H100 SXM']['exp'] / 1e12:.2f} T/s (16/clk/SM, our arithmetic). "
+        "Expected = max(GEMM, memory, exp) time: perfect overlap, so a lower bound. bf16 dots on tensor "
+        'cores; float32 bank ops use exact FMA products ("ieee").',
+        "",
+        "| op | mode | size | GFLOP | MB | G exp | bound | H100 expected ms | H200 expected ms |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in rows:
         h100, h200 = r["H100 SXM"], r["H200 SXM"]
-        lines.append(f"| {r['op']} | {r['mode']} | {r['size']} | {r['gflop']:.4g} | {r['mb']:.4g} | {r['gexp']:.3g} "
-                     f"| {h100['bound']} | {h100['expected_ms']:.3g} | {h200['expected_ms']:.3g} |")
+        lines.append(
+            f"| {r['op']} | {r['mode']} | {r['size']} | {r['gflop']:.4g} | {r['mb']:.4g} | {r['gexp']:.3g} "
+            f"| {h100['bound']} | {h100['expected_ms']:.3g} | {h200['expected_ms']:.3g} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -361,16 +483,26 @@ def ceilings(device: str) -> dict:
     name = torch.cuda.get_device_name() if device == "cuda" else ""
     for gpu, peak in PEAKS.items():
         if gpu.split()[0] in name:
-            return {"flops": peak["bf16"], "fp32_flops": peak["fp32"], "bytes": peak["bytes"], "gpu": gpu,
-                    "source": PEAK_SOURCE}
+            return {
+                "flops": peak["bf16"],
+                "fp32_flops": peak["fp32"],
+                "bytes": peak["bytes"],
+                "gpu": gpu,
+                "source": PEAK_SOURCE,
+            }
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     a = torch.randn(2048, 2048, device=device, dtype=dtype)
     gemm = 2 * 2048**3 / min(time_call(lambda: a @ a, device, 5)[0])
     src = torch.empty(64 * 2**20, device=device)  # 256 MB
     dst = torch.empty_like(src)
     copy = min(time_call(lambda: dst.copy_(src), device, 5)[0])
-    return {"flops": gemm, "fp32_flops": gemm, "bytes": 2 * src.numel() * 4 / copy, "gpu": None,
-            "source": f"measured in this run: {str(dtype)[6:]} 2048^3 GEMM, 256 MB copy"}
+    return {
+        "flops": gemm,
+        "fp32_flops": gemm,
+        "bytes": 2 * src.numel() * 4 / copy,
+        "gpu": None,
+        "source": f"measured in this run: {str(dtype)[6:]} 2048^3 GEMM, 256 MB copy",
+    }
 
 
 def _quantiles(values: list[float]) -> tuple[float, float, float]:
@@ -410,10 +542,17 @@ def measure_case(c: Case, impls: list[str], device: str, reps: int, ceiling: dic
         peak = peak_extra_bytes(calls[impl], device)
         q20, median, q80 = _quantiles(wall[impl])
         rows[impl].update(
-            ms_p20=q20, ms_median=median, ms_p80=q80, cpu_ms_median=statistics.median(cpu[impl]) * 1e3,
-            floor_ms=floor * 1e3, fraction_of_floor=floor * 1e3 / median, tflops=c.flops / median / 1e9,
-            gbps=c.bytes / median / 1e6, peak_extra_mb=None if peak is None else peak / 2**20,
-            roofline_ms=model)
+            ms_p20=q20,
+            ms_median=median,
+            ms_p80=q80,
+            cpu_ms_median=statistics.median(cpu[impl]) * 1e3,
+            floor_ms=floor * 1e3,
+            fraction_of_floor=floor * 1e3 / median,
+            tflops=c.flops / median / 1e9,
+            gbps=c.bytes / median / 1e6,
+            peak_extra_mb=None if peak is None else peak / 2**20,
+            roofline_ms=model,
+        )
     return [rows[impl] for impl in impls]
 
 
@@ -430,8 +569,14 @@ def _git_commit() -> str:
 
 def environment(device: str) -> dict:
     """Device, versions, commit and load: enough to tell whether two result files compare."""
-    info = {"device": device, "torch": torch.__version__, "python": platform.python_version(),
-            "commit": _git_commit(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "threads": torch.get_num_threads()}
+    info = {
+        "device": device,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "commit": _git_commit(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "threads": torch.get_num_threads(),
+    }
     try:
         import triton
 
@@ -441,8 +586,11 @@ def environment(device: str) -> dict:
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
     else:
-        cpu = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text()) if os.path.exists(
-            "/proc/cpuinfo") else None
+        cpu = (
+            re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text())
+            if os.path.exists("/proc/cpuinfo")
+            else None
+        )
         info["cpu"] = f"{cpu.group(1) if cpu else platform.processor()}, {os.cpu_count()} logical cores"
     return info
 
@@ -450,15 +598,19 @@ def environment(device: str) -> dict:
 def markdown(results: dict) -> str:
     """The results as a table, one row per (op, mode, impl), speedups against the eager baseline."""
     env, ceil = results["environment"], results["ceilings"]
-    lines = [f"# Kernel benchmark: {env['device']} ({env.get('gpu') or env.get('cpu')})", "",
-             f"torch {env['torch']}, triton {env['triton']}, {env['threads']} threads, commit {env['commit']}, "
-             f"{env['date']}; load average before/after: {results['load_before']} / {results['load_after']}.",
-             f"Roofline ceilings: {ceil['flops'] / 1e12:.3g} TFLOP/s, {ceil['bytes'] / 1e9:.3g} GB/s "
-             f"({ceil['source']}). Floor = max(FLOPs / peak, minimal bytes / bandwidth). Model: the H100/H200 "
-             "expected time of the roofline model (data-sheet peaks).", "",
-             "| op | mode | size | impl | median ms (p20-p80) | CPU ms | achieved | % of floor | peak extra MB "
-             "| vs eager | vs compile | model H100 / H200 ms |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"# Kernel benchmark: {env['device']} ({env.get('gpu') or env.get('cpu')})",
+        "",
+        f"torch {env['torch']}, triton {env['triton']}, {env['threads']} threads, commit {env['commit']}, "
+        f"{env['date']}; load average before/after: {results['load_before']} / {results['load_after']}.",
+        f"Roofline ceilings: {ceil['flops'] / 1e12:.3g} TFLOP/s, {ceil['bytes'] / 1e9:.3g} GB/s "
+        f"({ceil['source']}). Floor = max(FLOPs / peak, minimal bytes / bandwidth). Model: the H100/H200 "
+        "expected time of the roofline model (data-sheet peaks).",
+        "",
+        "| op | mode | size | impl | median ms (p20-p80) | CPU ms | achieved | % of floor | peak extra MB "
+        "| vs eager | vs compile | model H100 / H200 ms |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     eager = {(r["op"], r["mode"], r["size"]): r.get("ms_median") for r in results["rows"] if r["impl"] == "torch"}
     compiled = {(r["op"], r["mode"], r["size"]): r.get("ms_median") for r in results["rows"] if r["impl"] == "compile"}
     for r in results["rows"]:
@@ -471,11 +623,16 @@ def markdown(results: dict) -> str:
         mem = "n/a" if r["peak_extra_mb"] is None else f"{r['peak_extra_mb']:.0f}"
         speed = " | ".join(f"{ref[key] / r['ms_median']:.2f}x" if ref.get(key) else "" for ref in (eager, compiled))
         model = " / ".join(f"{v:.3g}" for v in r["roofline_ms"].values())
-        lines.append(f"{head} {r['ms_median']:.2f} ({r['ms_p20']:.2f}-{r['ms_p80']:.2f}) | {r['cpu_ms_median']:.1f} | "
-                     f"{achieved} | {100 * r['fraction_of_floor']:.1f}% | {mem} | {speed} | {model} |")
+        lines.append(
+            f"{head} {r['ms_median']:.2f} ({r['ms_p20']:.2f}-{r['ms_p80']:.2f}) | {r['cpu_ms_median']:.1f} | "
+            f"{achieved} | {100 * r['fraction_of_floor']:.1f}% | {mem} | {speed} | {model} |"
+        )
     lines += ["", "first-call seconds (includes torch.compile / Triton compilation):", ""]
-    lines += [f"- {r['op']} {r['mode']} {r['impl']}: {r['first_call_s']:.1f} s" for r in results["rows"]
-              if "first_call_s" in r and r["impl"] in ("compile", "triton")]
+    lines += [
+        f"- {r['op']} {r['mode']} {r['impl']}: {r['first_call_s']:.1f} s"
+        for r in results["rows"]
+        if "first_call_s" in r and r["impl"] in ("compile", "triton")
+    ]
     if results.get("notes"):
         lines += ["", *[f"- {note}" for note in results["notes"]]]
     return "\n".join(lines) + "\n"
@@ -493,14 +650,21 @@ def _notes(device: str) -> list[str]:
         notes += [
             "triton is not timed on CPU: it only runs under TRITON_INTERPRET=1 there, whose timings mean nothing.",
             "auto = chunked on CPU. The GPU targets (>= 2x eager, >= 1.2x torch.compile, >= 50% of the memory "
-            "floor, >= 35% of bf16 tensor-core peak) need `--device cuda` on an H100/H200: not measured here."]
+            "floor, >= 35% of bf16 tensor-core peak) need `--device cuda` on an H100/H200: not measured here.",
+        ]
     return notes
 
 
 def run_roofline(out: Path, sizes: str) -> None:
     rows = roofline_rows(sizes)
-    results = {"sizes": sizes, "peaks": PEAKS, "source": PEAK_SOURCE, "date": time.strftime("%Y-%m-%d"),
-               "commit": _git_commit(), "rows": rows}
+    results = {
+        "sizes": sizes,
+        "peaks": PEAKS,
+        "source": PEAK_SOURCE,
+        "date": time.strftime("%Y-%m-%d"),
+        "commit": _git_commit(),
+        "rows": rows,
+    }
     write_json(out / "kernels-static-roofline.json", results)
     write_text(out / "kernels-static-roofline.md", roofline_markdown(rows, sizes))
     print(roofline_markdown(rows, sizes))
@@ -510,8 +674,11 @@ def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--size", choices=sorted(SIZES), help="size set (default: paper on cuda, cpu on cpu)")
-    parser.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
-                        help="bank/feature dtype (default: bfloat16 on cuda, float32 on cpu); probabilities too")
+    parser.add_argument(
+        "--dtype",
+        choices=["bfloat16", "float16", "float32"],
+        help="bank/feature dtype (default: bfloat16 on cuda, float32 on cpu); probabilities too",
+    )
     parser.add_argument("--ops", default="", help="comma-separated op names (default: all)")
     parser.add_argument("--impls", default="", help="comma-separated impls (default: all for the device)")
     parser.add_argument("--reps", type=int, default=5, help="timed calls per (op, impl) after one warm-up")
@@ -529,8 +696,11 @@ def _main(argv: list[str]) -> int:
         torch.set_num_threads(args.threads)
     sizes = SIZES[args.size or ("paper" if device == "cuda" else "cpu")]
     dtype = getattr(torch, args.dtype or ("bfloat16" if device == "cuda" else "float32"))
-    impls = args.impls.split(",") if args.impls else (
-        ["torch", "compile", "chunked", "triton"] if device == "cuda" else ["torch", "compile", "auto"])
+    impls = (
+        args.impls.split(",")
+        if args.impls
+        else (["torch", "compile", "chunked", "triton"] if device == "cuda" else ["torch", "compile", "auto"])
+    )
     unknown = set(args.ops.split(",")) - set(CASES) - {""}
     if unknown:
         raise UserError(f"--ops: unknown op(s) {sorted(unknown)}; choose from {sorted(CASES)}")
@@ -545,13 +715,23 @@ def _main(argv: list[str]) -> int:
             for r in measure_case(c, impls, device, args.reps, ceiling):
                 rows.append(r)
                 model = " / ".join(f"{v:.3g}" for v in r.get("roofline_ms", {}).values())
-                print(f"{r['op']:26s} {r['mode']:17s} {r['impl']:8s} " + (
-                    r.get("error") or f"{r['ms_median']:9.2f} ms (cpu {r['cpu_ms_median']:9.2f})  "
-                                      f"{100 * r['fraction_of_floor']:5.1f}% of floor  model H100/H200 {model} ms"),
-                      flush=True)
-    results = {"environment": environment(device), "ceilings": ceiling, "load_before": load_before,
-               "load_after": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None, "rows": rows,
-               "notes": _notes(device)}
+                print(
+                    f"{r['op']:26s} {r['mode']:17s} {r['impl']:8s} "
+                    + (
+                        r.get("error")
+                        or f"{r['ms_median']:9.2f} ms (cpu {r['cpu_ms_median']:9.2f})  "
+                        f"{100 * r['fraction_of_floor']:5.1f}% of floor  model H100/H200 {model} ms"
+                    ),
+                    flush=True,
+                )
+    results = {
+        "environment": environment(device),
+        "ceilings": ceiling,
+        "load_before": load_before,
+        "load_after": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "rows": rows,
+        "notes": _notes(device),
+    }
     write_json(args.out / f"kernels-{device}.json", results)
     write_text(args.out / f"kernels-{device}.md", markdown(results))
     print(f"wrote {args.out / f'kernels-{device}.json'} and .md")

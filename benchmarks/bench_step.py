@@ -26,8 +26,13 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 SIZES = {
     "small": ["data.crop=[128, 256]", "data.batch_size=4", "model.name=compact"],
-    "paper": ["data.crop=[512, 512]", "data.batch_size=2", "model.name=deeplabv2_r101",
-              "data.synthetic={size: [512, 1024], count: 16}", "methods.dida.bank_per_class=2000"],
+    "paper": [
+        "data.crop=[512, 512]",
+        "data.batch_size=2",
+        "model.name=deeplabv2_r101",
+        "data.synthetic={size: [512, 1024], count: 16}",
+        "methods.dida.bank_per_class=2000",
+    ],
 }
 
 
@@ -39,28 +44,59 @@ def step_seconds(metrics: Path) -> float:
 
 
 def measure(method: str, impl: str, size: str, iters: int, out: Path, amp: bool = True) -> dict:
-    sets = [*SIZES[size], "data.workers=1", "train.eval_every=0", "train.samples=0", "train.ckpt_every=0",
-            f"train.log_every={max(iters // 4, 1)}", "data.val=synthetic_target", f"train.amp={str(amp).lower()}"]
+    sets = [
+        *SIZES[size],
+        "data.workers=1",
+        "train.eval_every=0",
+        "train.samples=0",
+        "train.ckpt_every=0",
+        f"train.log_every={max(iters // 4, 1)}",
+        "data.val=synthetic_target",
+        f"train.amp={str(amp).lower()}",
+    ]
     if size == "small":
         sets.append("data.synthetic={count: 32}")
-    args = [sys.executable, "-m", "udaseg.train", "--out", str(out), "--method", method, "--kernels", impl,
-            "--warmup-iters", "0", "--iters", str(iters)] + [x for s in sets for x in ("--set", s)]
+    args = [
+        sys.executable,
+        "-m",
+        "udaseg.train",
+        "--out",
+        str(out),
+        "--method",
+        method,
+        "--kernels",
+        impl,
+        "--warmup-iters",
+        "0",
+        "--iters",
+        str(iters),
+    ] + [x for s in sets for x in ("--set", s)]
     subprocess.run(args, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     final = json.loads((out / "final.json").read_text())
-    return {"method": method, "kernels": impl, "amp": amp, "step_ms": 1000 * step_seconds(out / "metrics.jsonl"),
-            "peak_memory_mb": final["peak_memory_mb"]}
+    return {
+        "method": method,
+        "kernels": impl,
+        "amp": amp,
+        "step_ms": 1000 * step_seconds(out / "metrics.jsonl"),
+        "peak_memory_mb": final["peak_memory_mb"],
+    }
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
     base = {r["kernels"]: r["step_ms"] for r in rows if r["method"] == "self_training"}
-    lines = [f"Training step, {meta['device']}, {meta['size']}: {meta['setting']}", "",
-             "| method | kernels | ms / iteration | method overhead (ms) | overhead share | peak MB |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"Training step, {meta['device']}, {meta['size']}: {meta['setting']}",
+        "",
+        "| method | kernels | ms / iteration | method overhead (ms) | overhead share | peak MB |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         over = r["step_ms"] - base.get(r["kernels"], float("nan"))
         share = over / r["step_ms"] if r["method"] != "self_training" else 0.0
-        lines.append(f"| {r['method']} | {r['kernels']} | {r['step_ms']:.1f} | {over:.1f} | {100 * share:.0f} % "
-                     f"| {r['peak_memory_mb']:.0f} |")
+        lines.append(
+            f"| {r['method']} | {r['kernels']} | {r['step_ms']:.1f} | {over:.1f} | {100 * share:.0f} % "
+            f"| {r['peak_memory_mb']:.0f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -71,8 +107,12 @@ def main() -> None:
     p.add_argument("--size", choices=sorted(SIZES), default="small")
     p.add_argument("--iters", type=int, default=60)
     p.add_argument("--out", default="runs/bench_step")
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
-                   help="autocast on CUDA (bf16 where supported): the kernels get half embeddings (default: on)")
+    p.add_argument(
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="autocast on CUDA (bf16 where supported): the kernels get half embeddings (default: on)",
+    )
     args = p.parse_args()
     cuda = torch.cuda.is_available()
     if args.size == "paper" and not cuda:
@@ -85,8 +125,15 @@ def main() -> None:
             print(rows[-1])
     device = torch.cuda.get_device_name(0) if cuda else f"cpu ({platform.processor() or 'x86_64'}, "
     device += "" if cuda else f"{torch.get_num_threads()} threads)"
-    meta = {"device": device, "size": args.size, "setting": " ".join(SIZES[args.size]), "iters": args.iters,
-            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "amp": args.amp}
+    meta = {
+        "device": device,
+        "size": args.size,
+        "setting": " ".join(SIZES[args.size]),
+        "iters": args.iters,
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "amp": args.amp,
+    }
     tag = f"step-{'cuda' if cuda else 'cpu'}-{args.size}"
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{tag}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))

@@ -78,9 +78,16 @@ def selection(run: Path) -> dict | None:
     warnings = [f"{r['kind']}@{r['iter']}" for r in rows if r.get("stage") == "warning"]  # the collapse guard
     picked = {c: max(points, key=lambda r: r[c])["miou"] for c in CRITERIA if all(c in r for r in points)}
     criterion = points[-1].get("criterion", "agreement")
-    return {"criterion": criterion, "selected": picked[criterion], "by_criterion": picked,
-            "best": max(r["miou"] for r in points), "last": points[-1]["miou"], "first": points[0]["miou"],
-            "points": [r["iter"] for r in points], "warnings": warnings}
+    return {
+        "criterion": criterion,
+        "selected": picked[criterion],
+        "by_criterion": picked,
+        "best": max(r["miou"] for r in points),
+        "last": points[-1]["miou"],
+        "first": points[0]["miou"],
+        "points": [r["iter"] for r in points],
+        "warnings": warnings,
+    }
 
 
 def row_schedule(row: str, sched: tuple[int, int], base: Path) -> tuple[str, tuple[int, int], Path]:
@@ -102,8 +109,9 @@ def row_model(row: str) -> tuple[str, str | None]:
     return "@".join(t for t in tokens if t not in models), (models[0] if models else None)
 
 
-def run_row(method: str, seed: int, base: Path, extra: list[str], sched: tuple[int, int],
-            select_every: int = 0) -> dict:
+def run_row(
+    method: str, seed: int, base: Path, extra: list[str], sched: tuple[int, int], select_every: int = 0
+) -> dict:
     """A row's run for one seed. Adaptation rows start from the seed's shared source-only warm-up and evaluate every
     `select_every` iterations (labelled mIoU beside the label-free scores: the selection columns)."""
     method, model = row_model(method)
@@ -114,18 +122,57 @@ def run_row(method: str, seed: int, base: Path, extra: list[str], sched: tuple[i
     common = ["--seed", str(seed), *extra]
     adapt_extra = ["--set", f"train.eval_every={select_every}"] if select_every and method != "source_only" else []
     if method == "oracle":  # supervised on the target domain for the whole schedule: the upper bound
-        return train_run(base / f"oracle-s{seed}", [*common, "--source", "synthetic_target", "--method", "source_only",
-                                                     "--warmup-iters", "0", "--iters", str(warm_iters + iters),
-                                                     "--set", "data.rcs=false"])
+        return train_run(
+            base / f"oracle-s{seed}",
+            [
+                *common,
+                "--source",
+                "synthetic_target",
+                "--method",
+                "source_only",
+                "--warmup-iters",
+                "0",
+                "--iters",
+                str(warm_iters + iters),
+                "--set",
+                "data.rcs=false",
+            ],
+        )
     if method.startswith("diga"):  # DiGA brings its own warm-up stage (symmetric distillation)
-        return train_run(base / f"{method.replace('+', '-')}-s{seed}", [*common, "--method", method, "--warmup",
-                                                                        "diga", "--warmup-iters", str(warm_iters),
-                                                                        "--iters", str(iters), *adapt_extra])
-    warm = train_run(base / f"warmup-s{seed}", [*common, "--method", "source_only", "--warmup-iters", "0",
-                                                "--iters", str(warm_iters)])
-    result = train_run(base / f"{method.replace('+', '-')}-s{seed}",
-                       [*common, "--method", method, "--warmup-iters", "0", "--iters", str(iters),
-                        "--set", f"train.init={base / f'warmup-s{seed}' / 'final.pt'}", *adapt_extra])
+        return train_run(
+            base / f"{method.replace('+', '-')}-s{seed}",
+            [
+                *common,
+                "--method",
+                method,
+                "--warmup",
+                "diga",
+                "--warmup-iters",
+                str(warm_iters),
+                "--iters",
+                str(iters),
+                *adapt_extra,
+            ],
+        )
+    warm = train_run(
+        base / f"warmup-s{seed}",
+        [*common, "--method", "source_only", "--warmup-iters", "0", "--iters", str(warm_iters)],
+    )
+    result = train_run(
+        base / f"{method.replace('+', '-')}-s{seed}",
+        [
+            *common,
+            "--method",
+            method,
+            "--warmup-iters",
+            "0",
+            "--iters",
+            str(iters),
+            "--set",
+            f"train.init={base / f'warmup-s{seed}' / 'final.pt'}",
+            *adapt_extra,
+        ],
+    )
     result["wall_time_s"] += warm["wall_time_s"]  # the warm-up is part of every row's cost
     return result
 
@@ -164,47 +211,68 @@ def aggregate_selection(per_seed: list[dict | None]) -> dict | None:
         return None
     mean = {k: statistics.mean(s[k] for s in per_seed) for k in ("selected", "best", "last", "first")}
     criteria = set.intersection(*(set(s["by_criterion"]) for s in per_seed))
-    return {**mean, "criterion": per_seed[0]["criterion"], "warnings": sum(len(s["warnings"]) for s in per_seed),
-            "max_gap": max(s["best"] - s["selected"] for s in per_seed),
-            "by_criterion": {c: statistics.mean(s["by_criterion"][c] for s in per_seed) for c in sorted(criteria)},
-            "max_gap_by_criterion": {c: max(s["best"] - s["by_criterion"][c] for s in per_seed)
-                                     for c in sorted(criteria)}}
+    return {
+        **mean,
+        "criterion": per_seed[0]["criterion"],
+        "warnings": sum(len(s["warnings"]) for s in per_seed),
+        "max_gap": max(s["best"] - s["selected"] for s in per_seed),
+        "by_criterion": {c: statistics.mean(s["by_criterion"][c] for s in per_seed) for c in sorted(criteria)},
+        "max_gap_by_criterion": {c: max(s["best"] - s["by_criterion"][c] for s in per_seed) for c in sorted(criteria)},
+    }
 
 
 def markdown(rows: dict[str, dict], meta: dict, rare: list[str]) -> str:
     head = "| method | target mIoU | ± std | seeds | gap closure | " + " | ".join(rare) + " | wall (s) | peak MB |"
-    lines = [f"Synthetic benchmark, {meta['device']}, schedule: {meta['schedule']}", "", head,
-             "|" + "---|" * (7 + len(rare))]
+    lines = [
+        f"Synthetic benchmark, {meta['device']}, schedule: {meta['schedule']}",
+        "",
+        head,
+        "|" + "---|" * (7 + len(rare)),
+    ]
     for name, r in rows.items():
         gap = "—"
-        suffix = name[name.index("@"):] if "@" in name else ""  # a long-schedule row: its own baseline and bound
+        suffix = name[name.index("@") :] if "@" in name else ""  # a long-schedule row: its own baseline and bound
         so, oracle = rows.get("source_only" + suffix), rows.get("oracle" + suffix)
         if so and oracle and name.split("@")[0] not in ("source_only", "oracle") and oracle["miou"] > so["miou"]:
             gap = f"{100 * (r['miou'] - so['miou']) / (oracle['miou'] - so['miou']):.0f} %"
         rare_cells = " | ".join(f"{r['rare_iou'].get(c, float('nan')):.1f}" for c in rare)
-        lines.append(f"| {name} | {r['miou']:.2f} | {r['miou_std']:.2f} | {len(r['seeds'])} | {gap} | {rare_cells} "
-                     f"| {r['wall_time_s']:.0f} | {r['peak_memory_mb']:.0f} |")
+        lines.append(
+            f"| {name} | {r['miou']:.2f} | {r['miou_std']:.2f} | {len(r['seeds'])} | {gap} | {rare_cells} "
+            f"| {r['wall_time_s']:.0f} | {r['peak_memory_mb']:.0f} |"
+        )
     return "\n".join(lines) + "\n" + selection_markdown(rows)
 
 
 def selection_markdown(rows: dict[str, dict]) -> str:
     """The checkpoint-selection table: target mIoU of the checkpoint picked without labels vs the best and last."""
-    picked = {k: r["selection"] for k, r in rows.items()  # the oracle's start is a random model: no row
-              if r.get("selection") and k.split("@")[0] != "oracle"}
+    picked = {
+        k: r["selection"]
+        for k, r in rows.items()  # the oracle's start is a random model: no row
+        if r.get("selection") and k.split("@")[0] != "oracle"
+    }
     if not picked:
         return ""
     criterion = next(iter(picked.values()))["criterion"]
     others = [c for c in CRITERIA if c != criterion]
-    lines = ["", f"Checkpoint selection without target labels (default criterion: {criterion}; mean over seeds; "
-             "max gap = worst seed's best - selected)", "",
-             f"| method | start | selected ({criterion}) | best checkpoint | last | max gap | collapse warnings | "
-             + " | ".join(f"selected ({c}), max gap" for c in others) + " |",
-             "|" + "---|" * (7 + len(others))]
+    lines = [
+        "",
+        f"Checkpoint selection without target labels (default criterion: {criterion}; mean over seeds; "
+        "max gap = worst seed's best - selected)",
+        "",
+        f"| method | start | selected ({criterion}) | best checkpoint | last | max gap | collapse warnings | "
+        + " | ".join(f"selected ({c}), max gap" for c in others)
+        + " |",
+        "|" + "---|" * (7 + len(others)),
+    ]
     for name, sel in picked.items():
-        cells = " | ".join(f"{sel['by_criterion'].get(c, float('nan')):.2f}, "
-                           f"{sel['max_gap_by_criterion'].get(c, float('nan')):.2f}" for c in others)
-        lines.append(f"| {name} | {sel['first']:.2f} | {sel['selected']:.2f} | {sel['best']:.2f} | {sel['last']:.2f} "
-                     f"| {sel['max_gap']:.2f} | {sel['warnings']} | {cells} |")
+        cells = " | ".join(
+            f"{sel['by_criterion'].get(c, float('nan')):.2f}, {sel['max_gap_by_criterion'].get(c, float('nan')):.2f}"
+            for c in others
+        )
+        lines.append(
+            f"| {name} | {sel['first']:.2f} | {sel['selected']:.2f} | {sel['best']:.2f} | {sel['last']:.2f} "
+            f"| {sel['max_gap']:.2f} | {sel['warnings']} | {cells} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -217,8 +285,12 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], help="train config override for every run")
     p.add_argument("--jobs", type=int, default=1, help="runs side by side (one thread each), e.g. 2 on 2 cores")
     p.add_argument("--results", default=str(RESULTS), help="folder of the result files (a smoke run: elsewhere)")
-    p.add_argument("--select-every", type=int, default=100,
-                   help="evaluate adaptation runs every N iterations for the selection columns (0: no columns)")
+    p.add_argument(
+        "--select-every",
+        type=int,
+        default=100,
+        help="evaluate adaptation runs every N iterations for the selection columns (0: no columns)",
+    )
     args = p.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     name = torch.cuda.get_device_name(0) if device == "cuda" else f"cpu ({platform.processor() or 'x86_64'})"
@@ -234,14 +306,19 @@ def main() -> None:
     if args.jobs > 1:
         extra += ["--set", "train.threads=1"]  # one core per run: no OpenMP oversubscription between the jobs
     warm_iters, iters = sched
-    meta = {"device": name, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
-            "schedule": f"{warm_iters} source-only warm-up iterations (shared by the rows of a seed) + {iters} "
-                        "adaptation iterations; oracle: all on target labels" + (f"; overrides {args.set}"
-                                                                                  if args.set else ""),
-            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                     cwd=ROOT).stdout.strip()}
+    meta = {
+        "device": name,
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "schedule": f"{warm_iters} source-only warm-up iterations (shared by the rows of a seed) + {iters} "
+        "adaptation iterations; oracle: all on target labels" + (f"; overrides {args.set}" if args.set else ""),
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+        ).stdout.strip(),
+    }
     for method in methods:
         with ThreadPoolExecutor(args.jobs) as pool:  # the seeds of a row run side by side
+
             def one(seed: int, m: str = method) -> dict:
                 return {**run_row(m, seed, ROOT / args.out, extra, sched, args.select_every), "seed": seed}
 
@@ -255,9 +332,9 @@ def main() -> None:
 def order_rows(rows: dict[str, dict]) -> dict[str, dict]:
     """source_only, self_training, the rest by name, oracle; then the same for each long schedule (METHOD@4x)."""
     ordered: dict[str, dict] = {}
-    for suffix in sorted({k[k.index("@"):] if "@" in k else "" for k in rows}, key=lambda x: (x != "", x)):
+    for suffix in sorted({k[k.index("@") :] if "@" in k else "" for k in rows}, key=lambda x: (x != "", x)):
         first, last = [f"source_only{suffix}", f"self_training{suffix}"], [f"oracle{suffix}"]
-        group = [k for k in rows if (k[k.index("@"):] if "@" in k else "") == suffix]
+        group = [k for k in rows if (k[k.index("@") :] if "@" in k else "") == suffix]
         middle = sorted(k for k in group if k not in first + last)
         ordered.update({k: rows[k] for k in first + middle + last if k in rows})
     return ordered

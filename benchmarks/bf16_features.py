@@ -45,15 +45,17 @@ def rounding_effect(seed: int = 0) -> dict[str, float]:
     strong = F.normalize(weak + 0.15 * torch.randn(2048, d, generator=g) / 16 * 4, dim=1)
     weights = (2 * torch.randn(2048, c, generator=g)).softmax(1)
     protos = F.normalize(torch.randn(c, d, generator=g), dim=1)
-    rows = F.normalize(protos[torch.randint(0, c, (2000,), generator=g)] + 0.1 * torch.randn(2000, d, generator=g),
-                       dim=1)
+    rows = F.normalize(
+        protos[torch.randint(0, c, (2000,), generator=g)] + 0.1 * torch.randn(2000, d, generator=g), dim=1
+    )
     r = lambda t: t.to(torch.bfloat16).double()  # noqa: E731  bf16-rounded, then exact math
     f = lambda t: t.double()  # noqa: E731
     with use_impl("torch"):  # the float64 reference of each op
         q = [bank_class_logsumexp(x(weak), x(bank), labels, c, tau).softmax(1) for x in (f, r)]
         loss = [instance_consistency_loss(x(weak), x(strong), x(bank), labels, x(weights), tau) for x in (f, r)]
-        assign = [sinkhorn(x(rows) @ x(protos).T, torch.full((c,), 1.0 / c, dtype=torch.float64), 0.05, 3)
-                  for x in (f, r)]
+        assign = [
+            sinkhorn(x(rows) @ x(protos).T, torch.full((c,), 1.0 / c, dtype=torch.float64), 0.05, 3) for x in (f, r)
+        ]
     return {
         "bank_class_probs_max_abs": float((q[1] - q[0]).abs().max()),
         "bank_class_argmax_agree": float((q[1].argmax(1) == q[0].argmax(1)).double().mean()),
@@ -76,9 +78,17 @@ def train_dida(out: Path, init: Path, iters: int, dtype: torch.dtype, threads: i
         step.compute_dtype = dtype  # what the loop sets on CUDA with train.amp
         return step
 
-    cfg = load_config(ROOT / "udaseg/configs/synthetic_dida.yaml",
-                      [f"train.iters={iters}", "train.warmup_iters=0", f"train.init={init}", "train.eval_every=0",
-                       f"train.threads={threads}", "train.ckpt_every=0"])
+    cfg = load_config(
+        ROOT / "udaseg/configs/synthetic_dida.yaml",
+        [
+            f"train.iters={iters}",
+            "train.warmup_iters=0",
+            f"train.init={init}",
+            "train.eval_every=0",
+            f"train.threads={threads}",
+            "train.ckpt_every=0",
+        ],
+    )
     loop.make_step = step_in
     try:
         return loop.train(cfg, out)
@@ -91,20 +101,40 @@ def warmup(out: Path, iters: int, threads: int) -> Path:
     from udaseg.train import train
 
     if not (out / "final.pt").exists():
-        train(load_config(None, ["train.method=source_only", "train.warmup_iters=0", f"train.iters={iters}",
-                                 "train.eval_every=0", f"train.threads={threads}"]), out)
+        train(
+            load_config(
+                None,
+                [
+                    "train.method=source_only",
+                    "train.warmup_iters=0",
+                    f"train.iters={iters}",
+                    "train.eval_every=0",
+                    f"train.threads={threads}",
+                ],
+            ),
+            out,
+        )
     return out / "final.pt"
 
 
 def markdown(result: dict) -> str:
     k, t, m = result["kernels"], result["training"], result["meta"]
-    lines = [f"bf16 inputs to the method kernels, {m['device']}, torch {m['torch']}, commit {m['commit']}, "
-             f"{m['date']}", "",
-             "Kernel calls at D = 256 (float64 math on bf16-rounded vs float32 inputs):", "",
-             "| quantity | deviation |", "|---|---|"]
+    lines = [
+        f"bf16 inputs to the method kernels, {m['device']}, torch {m['torch']}, commit {m['commit']}, {m['date']}",
+        "",
+        "Kernel calls at D = 256 (float64 math on bf16-rounded vs float32 inputs):",
+        "",
+        "| quantity | deviation |",
+        "|---|---|",
+    ]
     lines += [f"| {key} | {value:.3g} |" for key, value in k.items()]
-    lines += ["", f"DIDA on the embedded benchmark ({t['schedule']}):", "",
-              "| features to the kernels | target mIoU |", "|---|---|"]
+    lines += [
+        "",
+        f"DIDA on the embedded benchmark ({t['schedule']}):",
+        "",
+        "| features to the kernels | target mIoU |",
+        "|---|---|",
+    ]
     lines += [f"| {name} | {run['miou']:.2f} |" for name, run in t["runs"].items()]
     lines += ["", "(CPU wall times are in the .json; on CPU they time casts, not tensor cores: unmeasured on a GPU.)"]
     return "\n".join(lines) + "\n"
@@ -128,12 +158,21 @@ def main() -> int:
         final = train_dida(out / name, init, args.iters, dtype, args.threads)
         runs[name] = {"miou": final["miou"], "wall_time_s": final["wall_time_s"]}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
-    result = {"meta": {"device": f"cpu ({platform.processor() or 'x86_64'})", "torch": torch.__version__,
-                       "commit": commit.stdout.strip(), "date": time.strftime("%Y-%m-%d"),
-                       "total_s": round(time.perf_counter() - t0)},
-              "kernels": kernels,
-              "training": {"schedule": f"{args.warmup_iters} source-only + {args.iters} DIDA iterations, seed 0, "
-                                       f"{args.threads} thread(s)", "runs": runs}}
+    result = {
+        "meta": {
+            "device": f"cpu ({platform.processor() or 'x86_64'})",
+            "torch": torch.__version__,
+            "commit": commit.stdout.strip(),
+            "date": time.strftime("%Y-%m-%d"),
+            "total_s": round(time.perf_counter() - t0),
+        },
+        "kernels": kernels,
+        "training": {
+            "schedule": f"{args.warmup_iters} source-only + {args.iters} DIDA iterations, seed 0, "
+            f"{args.threads} thread(s)",
+            "runs": runs,
+        },
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     write_json(RESULTS / "bf16-features-cpu.json", result)
     write_text(RESULTS / "bf16-features-cpu.md", markdown(result))

@@ -48,26 +48,84 @@ class Step:
 
 
 def steps(wheels: str | None, iters: int) -> list[Step]:
-    install = ([PY, "-m", "pip", "install", "--no-index", "--find-links", wheels, "-e", ".[dev]"] if wheels else
-               [PY, "-c", "import torch, triton, udaseg.kernels; print('torch', torch.__version__, 'triton', "
-                "triton.__version__)"])
-    cuda_probe = ("import sys, torch; ok = torch.cuda.is_available(); "
-                  "print(torch.cuda.get_device_name(0) if ok else 'no CUDA device'); sys.exit(0 if ok else 1)")
+    install = (
+        [PY, "-m", "pip", "install", "--no-index", "--find-links", wheels, "-e", ".[dev]"]
+        if wheels
+        else [
+            PY,
+            "-c",
+            "import torch, triton, udaseg.kernels; print('torch', torch.__version__, 'triton', triton.__version__)",
+        ]
+    )
+    cuda_probe = (
+        "import sys, torch; ok = torch.cuda.is_available(); "
+        "print(torch.cuda.get_device_name(0) if ok else 'no CUDA device'); sys.exit(0 if ok else 1)"
+    )
     no_interp = {"TRITON_INTERPRET": None}  # compiled kernels on the GPU, never the interpreter
     return [
         Step("install", install, False, 60, "install the project offline (WHEELS) or check that it imports"),
         Step("cuda", [PY, "-c", cuda_probe], True, 20, "torch sees a CUDA device"),
-        Step("pytest", [PY, "-m", "pytest", "-q", "-m", "gpu", "tests"], True, 100,
-             "GPU tests: kernels vs float64 references, every dtype", no_interp),
-        Step("kernels", [PY, "benchmarks/bench_kernels.py", "--device", "cuda", "--reps", "3"], True, 130,
-             "kernel benchmark at paper sizes (bf16), with the roofline model", no_interp),
-        Step("step", [PY, "benchmarks/bench_step.py", "--size", "paper", "--methods", "self_training,dida",
-                      "--kernels", "triton,torch", "--iters", "20", "--amp"], True, 90,
-             "training-step overhead of DIDA at paper size, fused kernels vs torch, AMP", no_interp),
-        Step("train", [PY, "-m", "udaseg.train", "--kernels", "triton", "--iters", str(iters), "--warmup-iters", "0",
-                       "--set", "train.amp=true", "--set", "train.eval_every=0", "--out", "runs/gpu-check/train",
-                       "--overwrite"], True, 80, f"{iters}-iteration training run with the Triton kernels and AMP",
-             no_interp),
+        Step(
+            "pytest",
+            [PY, "-m", "pytest", "-q", "-m", "gpu", "tests"],
+            True,
+            100,
+            "GPU tests: kernels vs float64 references, every dtype",
+            no_interp,
+        ),
+        Step(
+            "kernels",
+            [PY, "benchmarks/bench_kernels.py", "--device", "cuda", "--reps", "3"],
+            True,
+            130,
+            "kernel benchmark at paper sizes (bf16), with the roofline model",
+            no_interp,
+        ),
+        Step(
+            "step",
+            [
+                PY,
+                "benchmarks/bench_step.py",
+                "--size",
+                "paper",
+                "--methods",
+                "self_training,dida",
+                "--kernels",
+                "triton,torch",
+                "--iters",
+                "20",
+                "--amp",
+            ],
+            True,
+            90,
+            "training-step overhead of DIDA at paper size, fused kernels vs torch, AMP",
+            no_interp,
+        ),
+        Step(
+            "train",
+            [
+                PY,
+                "-m",
+                "udaseg.train",
+                "--kernels",
+                "triton",
+                "--iters",
+                str(iters),
+                "--warmup-iters",
+                "0",
+                "--set",
+                "train.amp=true",
+                "--set",
+                "train.eval_every=0",
+                "--out",
+                "runs/gpu-check/train",
+                "--overwrite",
+            ],
+            True,
+            80,
+            f"{iters}-iteration training run with the Triton kernels and AMP",
+            no_interp,
+        ),
     ]
 
 
@@ -82,8 +140,9 @@ def _env(step: Step) -> dict:
 
 
 def _cuda_available() -> bool:
-    probe = subprocess.run([PY, "-c", "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"],
-                           capture_output=True, cwd=ROOT)
+    probe = subprocess.run(
+        [PY, "-c", "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"], capture_output=True, cwd=ROOT
+    )
     return probe.returncode == 0
 
 
@@ -96,18 +155,33 @@ def run_step(step: Step, timeout: float) -> dict:
         rc = done.returncode
     except subprocess.TimeoutExpired:
         rc = "timeout"
-    return {"step": step.name, "command": " ".join(step.command), "rc": rc,
-            "seconds": round(time.perf_counter() - start, 1), "budget_s": step.budget_s}
+    return {
+        "step": step.name,
+        "command": " ".join(step.command),
+        "rc": rc,
+        "seconds": round(time.perf_counter() - start, 1),
+        "budget_s": step.budget_s,
+    }
 
 
 def _write_log(records: list[dict], status: str, out: Path) -> None:
     from udaseg.fileio import write_json, write_text
 
-    meta = {"status": status, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "python": platform.python_version(),
-            "host": platform.node()}
+    meta = {
+        "status": status,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "python": platform.python_version(),
+        "host": platform.node(),
+    }
     write_json(out / "gpu-check-cuda.json", {"meta": meta, "steps": records})
-    lines = [f"# gpu-check: {status}", "", f"{meta['date']}", "", "| step | rc | seconds | budget | command |",
-             "| --- | --- | --- | --- | --- |"]
+    lines = [
+        f"# gpu-check: {status}",
+        "",
+        f"{meta['date']}",
+        "",
+        "| step | rc | seconds | budget | command |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     lines += [f"| {r['step']} | {r['rc']} | {r['seconds']} | {r['budget_s']} | `{r['command']}` |" for r in records]
     write_text(out / "gpu-check-cuda.md", "\n".join(lines) + "\n")
 
@@ -121,14 +195,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     if args.wheels and not Path(args.wheels).is_dir():
-        print(f"error: WHEELS={args.wheels!r} is not a folder (it should hold the wheels to install offline)",
-              file=sys.stderr)
+        print(
+            f"error: WHEELS={args.wheels!r} is not a folder (it should hold the wheels to install offline)",
+            file=sys.stderr,
+        )
         return 2
     plan = steps(args.wheels, args.iters)
     if args.dry_run:
         for step in plan:
-            print(f"{step.name:8s} {'CUDA' if step.needs_cuda else 'any ':4s} <= {step.budget_s:3d} s  "
-                  f"{' '.join(step.command)}")
+            print(
+                f"{step.name:8s} {'CUDA' if step.needs_cuda else 'any ':4s} <= {step.budget_s:3d} s  "
+                f"{' '.join(step.command)}"
+            )
         return 0
     deadline = time.perf_counter() + args.budget
     records: list[dict] = []
@@ -137,15 +215,25 @@ def main(argv: list[str] | None = None) -> int:
         if step.needs_cuda and cuda is None:
             cuda = _cuda_available()
         if step.needs_cuda and not cuda:
-            print(f"\nstop: step '{step.name}' ({step.what}) needs a CUDA device and torch sees none.\n"
-                  "On a GPU machine this would run:", file=sys.stderr)
+            print(
+                f"\nstop: step '{step.name}' ({step.what}) needs a CUDA device and torch sees none.\n"
+                "On a GPU machine this would run:",
+                file=sys.stderr,
+            )
             for later in plan[i:]:
                 print(f"  {later.name:8s} {' '.join(later.command)}", file=sys.stderr)
             return EXIT_NO_CUDA
         remaining = deadline - time.perf_counter()
         if remaining <= 0:
-            records.append({"step": step.name, "command": " ".join(step.command), "rc": "not run: out of time",
-                            "seconds": 0.0, "budget_s": step.budget_s})
+            records.append(
+                {
+                    "step": step.name,
+                    "command": " ".join(step.command),
+                    "rc": "not run: out of time",
+                    "seconds": 0.0,
+                    "budget_s": step.budget_s,
+                }
+            )
             continue
         records.append(run_step(step, min(remaining, step.budget_s * 1.5)))
         if step.name in ("install", "cuda") and records[-1]["rc"] != 0:

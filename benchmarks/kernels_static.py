@@ -83,14 +83,27 @@ def collect(ops: list[str], dtypes: list[str], subset: bool) -> list[dict]:
                     for config in kept[:1] if subset else kept:
                         meta = {**launch.kwargs, **config.all_kwargs()}
                         shown = {k: v for k, v in meta.items() if k not in ("UPCAST",)}
-                        key = (fn.__name__, dtype_name, str(sorted(shown.items())),
-                               tuple(str(getattr(a, "dtype", type(a).__name__)) for a in launch.args))
+                        key = (
+                            fn.__name__,
+                            dtype_name,
+                            str(sorted(shown.items())),
+                            tuple(str(getattr(a, "dtype", type(a).__name__)) for a in launch.args),
+                        )
                         if key in seen:
                             continue
                         seen.add(key)
-                        jobs.append({"op": op, "kernel": fn.__name__, "dtype": dtype_name, "fn": fn,
-                                     "args": launch.args, "meta": meta, "shown": shown,
-                                     "tensor_cores": launch.launcher.tensor_cores})
+                        jobs.append(
+                            {
+                                "op": op,
+                                "kernel": fn.__name__,
+                                "dtype": dtype_name,
+                                "fn": fn,
+                                "args": launch.args,
+                                "meta": meta,
+                                "shown": shown,
+                                "tensor_cores": launch.launcher.tensor_cores,
+                            }
+                        )
     return jobs
 
 
@@ -104,8 +117,12 @@ def _compile(fn, args: tuple, meta: dict, arch: int):
 
     target = GPUTarget("cuda", arch, 32)
     backend = make_backend(target)
-    kwargs = {**meta, "debug": False, "instrumentation_mode": knobs.compilation.instrumentation_mode,
-              "fpsan_homomorphic_casts": knobs.compilation.fpsan_homomorphic_casts}
+    kwargs = {
+        **meta,
+        "debug": False,
+        "instrumentation_mode": knobs.compilation.instrumentation_mode,
+        "fpsan_homomorphic_casts": knobs.compilation.fpsan_homomorphic_casts,
+    }
     binder = create_function_from_signature(fn.signature, fn.params, backend)
     bound, specialization, options = binder(*args, **kwargs)
     options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
@@ -123,9 +140,14 @@ def _resources(cubin: bytes, tools: dict[str, Path]) -> dict:
     found = {k: int(v) for k, v in re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", usage.stdout)}
     if "REG" not in found:
         raise RuntimeError(f"cuobjdump -res-usage gave no register count: {usage.stdout[-300:]} {usage.stderr[-300:]}")
-    return {"registers": found["REG"], "stack_bytes": found.get("STACK", 0), "local_bytes": found.get("LOCAL", 0),
-            "static_shared": found.get("SHARED", 0), "sass_tc": sorted(set(TC_SASS.findall(sass.stdout))),
-            "sass_local_ops": len(re.findall(r"\b(LDL|STL)\b", sass.stdout))}
+    return {
+        "registers": found["REG"],
+        "stack_bytes": found.get("STACK", 0),
+        "local_bytes": found.get("LOCAL", 0),
+        "static_shared": found.get("SHARED", 0),
+        "sass_tc": sorted(set(TC_SASS.findall(sass.stdout))),
+        "sass_local_ops": len(re.findall(r"\b(LDL|STL)\b", sass.stdout)),
+    }
 
 
 def _error_text(error: BaseException) -> str:
@@ -144,8 +166,17 @@ def _ptxas_spills(ptx: str, arch: int, fp_fusion: bool) -> dict:
         src = Path(tmp) / "k.ptx"
         src.write_text(ptx)
         fmad = [] if fp_fusion else ["--fmad=false"]
-        cmd = [get_ptxas(arch).path, "-lineinfo", "-v", "--regAllocOptLevel=2", *fmad,
-               f"--gpu-name={sm_arch_from_capability(arch)}", str(src), "-o", str(Path(tmp) / "k.o")]
+        cmd = [
+            get_ptxas(arch).path,
+            "-lineinfo",
+            "-v",
+            "--regAllocOptLevel=2",
+            *fmad,
+            f"--gpu-name={sm_arch_from_capability(arch)}",
+            str(src),
+            "-o",
+            str(Path(tmp) / "k.o"),
+        ]
         log = subprocess.run(cmd, capture_output=True, text=True).stderr
     found = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", log)
     if not found:
@@ -181,8 +212,9 @@ def problems(row: dict, arch: int) -> list[str]:
         return [f"compile error: {row['error']}"]
     out = []
     if row["spill_stores"] or row["spill_loads"] or row["local_bytes"]:
-        out.append(f"spills: {row['spill_stores']} B stored, {row['spill_loads']} B loaded, "
-                   f"{row['local_bytes']} B local")
+        out.append(
+            f"spills: {row['spill_stores']} B stored, {row['spill_loads']} B loaded, {row['local_bytes']} B local"
+        )
     if row["shared_bytes"] > SMEM_LIMIT[arch]:
         out.append(f"shared memory {row['shared_bytes']} B > {SMEM_LIMIT[arch]} B on sm_{arch}")
     if row["tensor_cores"] and row["dtype"] != "float32" and row["tc_kind"] == "none":
@@ -211,29 +243,38 @@ def supported_archs(archs: list[int]) -> tuple[list[int], dict[int, str]]:
 
 def markdown(results: dict) -> str:
     env = results["environment"]
-    lines = ["# Static GPU check of the Triton kernels (compiled ahead of time, no GPU)", "",
-             f"triton {env['triton']} ({env['ptxas']}), torch {env['torch']}, commit {env['commit']}, {env['date']}. "
-             f"Archs: {', '.join(env['archs'])}" + (f"; skipped: {env['skipped']}" if env["skipped"] else "") + ".",
-             "Every autotune config the launcher keeps for the call, for every dtype the op accepts. "
-             "Spill = ptxas -v spill stores + loads (cuobjdump -res-usage's stack frame shown beside it); "
-             "shared = Triton's dynamic request + static; "
-             "tensor cores from the PTX (wgmma / mma.sync / tcgen05) and SASS. float32 bank GEMMs use exact "
-             "\"ieee\" FMA products by design (no tensor cores).", "",
-             f"**{results['failures']} failing rows of {len(results['rows'])}.**", "",
-             "| op | kernel | dtype | arch | config | regs | spill B | stack B | shared KB | tensor cores | SASS "
-             "| verdict |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "# Static GPU check of the Triton kernels (compiled ahead of time, no GPU)",
+        "",
+        f"triton {env['triton']} ({env['ptxas']}), torch {env['torch']}, commit {env['commit']}, {env['date']}. "
+        f"Archs: {', '.join(env['archs'])}" + (f"; skipped: {env['skipped']}" if env["skipped"] else "") + ".",
+        "Every autotune config the launcher keeps for the call, for every dtype the op accepts. "
+        "Spill = ptxas -v spill stores + loads (cuobjdump -res-usage's stack frame shown beside it); "
+        "shared = Triton's dynamic request + static; "
+        "tensor cores from the PTX (wgmma / mma.sync / tcgen05) and SASS. float32 bank GEMMs use exact "
+        '"ieee" FMA products by design (no tensor cores).',
+        "",
+        f"**{results['failures']} failing rows of {len(results['rows'])}.**",
+        "",
+        "| op | kernel | dtype | arch | config | regs | spill B | stack B | shared KB | tensor cores | SASS "
+        "| verdict |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in results["rows"]:
         cfg = " ".join(f"{k}={v}" for k, v in r["config"].items() if k not in ("PREC",))
         if "error" in r:
-            lines.append(f"| {r['op']} | {r['kernel']} | {r['dtype']} | {r['arch']} | {cfg} | | | | | | | "
-                         f"FAIL: {r['error'][:120]} |")
+            lines.append(
+                f"| {r['op']} | {r['kernel']} | {r['dtype']} | {r['arch']} | {cfg} | | | | | | | "
+                f"FAIL: {r['error'][:120]} |"
+            )
             continue
         verdict = "ok" if not r["problems"] else "FAIL: " + "; ".join(r["problems"])
-        lines.append(f"| {r['op']} | {r['kernel']} | {r['dtype']} | {r['arch']} | {cfg} | {r['registers']} | "
-                     f"{r['spill_stores'] + r['spill_loads']} | {r['stack_bytes']} | {r['shared_bytes'] / 1024:.1f} | "
-                     f"{r['tc_kind']} | "
-                     f"{','.join(r['sass_tc']) or '-'} | {verdict} |")
+        lines.append(
+            f"| {r['op']} | {r['kernel']} | {r['dtype']} | {r['arch']} | {cfg} | {r['registers']} | "
+            f"{r['spill_stores'] + r['spill_loads']} | {r['stack_bytes']} | {r['shared_bytes'] / 1024:.1f} | "
+            f"{r['tc_kind']} | "
+            f"{','.join(r['sass_tc']) or '-'} | {verdict} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -253,8 +294,11 @@ def _main(argv: list[str]) -> int:
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="parallel compiles")
     p.add_argument("--no-write", action="store_true", help="print only; do not write benchmarks/results")
     p.add_argument("--json", type=Path, help="also write the rows to this file (any mode, e.g. --subset)")
-    p.add_argument("--update", action="store_true",
-                   help="replace only the rows of --ops in the committed kernels-static.json (after fixing one op)")
+    p.add_argument(
+        "--update",
+        action="store_true",
+        help="replace only the rows of --ops in the committed kernels-static.json (after fixing one op)",
+    )
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     tools = triton_tools()
@@ -279,14 +323,24 @@ def _main(argv: list[str]) -> int:
         for row in pool.imap(run_job, work):
             rows.append(row)
             status = "ok" if not row["problems"] else "FAIL " + "; ".join(row["problems"])
-            print(f"{row['kernel']:18s} {row['dtype']:9s} {row['arch']:6s} regs {row.get('registers', '-'):>3} "
-                  f"stack {row.get('stack_bytes', '-'):>4} tc {row.get('tc_kind', '-'):7s} {row['compile_s']:5.1f}s "
-                  f"{status}", flush=True)
+            print(
+                f"{row['kernel']:18s} {row['dtype']:9s} {row['arch']:6s} regs {row.get('registers', '-'):>3} "
+                f"stack {row.get('stack_bytes', '-'):>4} tc {row.get('tc_kind', '-'):7s} {row['compile_s']:5.1f}s "
+                f"{status}",
+                flush=True,
+            )
     import triton
 
-    env = {"triton": triton.__version__, "torch": torch.__version__, "ptxas": _ptxas_version(tools),
-           "commit": _git_commit(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "archs": [f"sm_{a}" for a in archs],
-           "skipped": {f"sm_{a}": why for a, why in skipped.items()}, "subset": args.subset}
+    env = {
+        "triton": triton.__version__,
+        "torch": torch.__version__,
+        "ptxas": _ptxas_version(tools),
+        "commit": _git_commit(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "archs": [f"sm_{a}" for a in archs],
+        "skipped": {f"sm_{a}": why for a, why in skipped.items()},
+        "subset": args.subset,
+    }
     if args.update:
         previous = json.loads((args.out / "kernels-static.json").read_text())
         kept = [r for r in previous["rows"] if r["op"] not in ops]

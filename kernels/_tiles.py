@@ -71,8 +71,15 @@ class Launcher:
     inputs.
     """
 
-    def __init__(self, kernel, configs: list | None, key: list[str] = (), interpret: Callable[[dict], dict] = None,
-                 prune=None, tensor_cores: bool = False):
+    def __init__(
+        self,
+        kernel,
+        configs: list | None,
+        key: list[str] = (),
+        interpret: Callable[[dict], dict] = None,
+        prune=None,
+        tensor_cores: bool = False,
+    ):
         self.fn = kernel
         self.configs = configs
         self.prune = prune
@@ -215,8 +222,7 @@ def d_blocks(dtype: torch.dtype, d: int) -> dict:
 @triton.jit
 def load_rows(ptr, rows, row_mask, d, D, UPCAST: tl.constexpr):
     """(BLOCK_R, len(d)) = ptr[rows, d] (zero padded); float32 under the interpreter (no bf16 arithmetic)."""
-    x = tl.load(ptr + rows.to(tl.int64)[:, None] * D + d[None, :], mask=row_mask[:, None] & (d[None, :] < D),
-                other=0.0)
+    x = tl.load(ptr + rows.to(tl.int64)[:, None] * D + d[None, :], mask=row_mask[:, None] & (d[None, :] < D), other=0.0)
     if UPCAST:
         x = x.to(tl.float32)
     return x
@@ -225,16 +231,27 @@ def load_rows(ptr, rows, row_mask, d, D, UPCAST: tl.constexpr):
 @triton.jit
 def load_cols(ptr, cols, col_mask, d, D, UPCAST: tl.constexpr):
     """(len(d), BLOCK_C) = ptr[cols, d].T: a bank tile laid out as the right operand of a score dot."""
-    x = tl.load(ptr + cols.to(tl.int64)[None, :] * D + d[:, None], mask=col_mask[None, :] & (d[:, None] < D),
-                other=0.0)
+    x = tl.load(ptr + cols.to(tl.int64)[None, :] * D + d[:, None], mask=col_mask[None, :] & (d[:, None] < D), other=0.0)
     if UPCAST:
         x = x.to(tl.float32)
     return x
 
 
 @triton.jit
-def chunked_scores(a_ptr, rows, row_mask, b_ptr, cols, col_mask, D, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
-                   BLOCK_K: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
+def chunked_scores(
+    a_ptr,
+    rows,
+    row_mask,
+    b_ptr,
+    cols,
+    col_mask,
+    D,
+    BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PREC: tl.constexpr,
+):
     """(BLOCK_N, BLOCK_M) float32 = a[rows] @ b[cols].T in D chunks of BLOCK_K (the float32 path)."""
     acc = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
     for k0 in range(0, D, BLOCK_K):

@@ -168,8 +168,9 @@ def _lse_fwd_kernel(
             if BLOCK_K == BLOCK_D:
                 s = tl.dot(q, load_cols(b_ptr, cols, col_mask, d, D, UPCAST), input_precision=PREC)
             else:
-                s = chunked_scores(q_ptr, rows, row_mask, b_ptr, cols, col_mask, D, BLOCK_N, BLOCK_M, BLOCK_K, UPCAST,
-                                   PREC)
+                s = chunked_scores(
+                    q_ptr, rows, row_mask, b_ptr, cols, col_mask, D, BLOCK_N, BLOCK_M, BLOCK_K, UPCAST, PREC
+                )
             s = tl.where(col_mask[None, :], s * scale, float("-inf"))  # (BLOCK_N, BLOCK_M)
             m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: every tile holds a slot of the class
             l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(s - m_new[:, None]), 1)
@@ -223,8 +224,9 @@ def _lse_bwd_kernel(
                 bt = load_cols(b_ptr, cols, col_mask, d, D, UPCAST)  # (BLOCK_D, BLOCK_M), read once
                 s = tl.dot(q, bt, input_precision=PREC)
             else:
-                s = chunked_scores(q_ptr, rows, row_mask, b_ptr, cols, col_mask, D, BLOCK_N, BLOCK_M, BLOCK_K, UPCAST,
-                                   PREC)
+                s = chunked_scores(
+                    q_ptr, rows, row_mask, b_ptr, cols, col_mask, D, BLOCK_N, BLOCK_M, BLOCK_K, UPCAST, PREC
+                )
             s = tl.where(col_mask[None, :], s * scale, float("-inf"))  # (BLOCK_N, BLOCK_M)
             w = tl.exp2(s - lse[:, None]) * g[:, None]  # softmax within the class x grad
             if BLOCK_DO != BLOCK_D or BLOCK_K != BLOCK_D:
@@ -236,18 +238,31 @@ def _lse_bwd_kernel(
 
 # Kept configs: half inputs on tensor cores, float32 ("ieee", FMA units) with smaller tiles; the static check
 # (benchmarks/kernels_static.py) shows none of them spills on sm_80 / sm_90 / sm_100 at D = 256.
-_FWD_HALF = configs(({"BLOCK_N": 64, "BLOCK_M": 64}, 4, 3), ({"BLOCK_N": 128, "BLOCK_M": 64}, 8, 3),
-                    ({"BLOCK_N": 64, "BLOCK_M": 128}, 8, 3))
+_FWD_HALF = configs(
+    ({"BLOCK_N": 64, "BLOCK_M": 64}, 4, 3),
+    ({"BLOCK_N": 128, "BLOCK_M": 64}, 8, 3),
+    ({"BLOCK_N": 64, "BLOCK_M": 128}, 8, 3),
+)
 _FWD_FP32 = configs(({"BLOCK_N": 32, "BLOCK_M": 32}, 4, 2), ({"BLOCK_N": 64, "BLOCK_M": 32}, 8, 2))  # (32, 64) spills
 
 _BWD_HALF = configs(({"BLOCK_N": 64, "BLOCK_M": 64}, 8, 2), ({"BLOCK_N": 64, "BLOCK_M": 32}, 4, 2))
 _BWD_FP32 = configs(({"BLOCK_N": 16, "BLOCK_M": 64}, 4, 2))  # (16, 32, 4 warps) and (32, 32, 8) spill on sm_80
-_FWD = Launcher(_lse_fwd_kernel, _FWD_HALF + _FWD_FP32, key=["D", "C", "PREC"],
-                prune=by_precision(_FWD_HALF, _FWD_FP32), interpret=lambda kw: {"BLOCK_N": 16, "BLOCK_M": 16},
-                tensor_cores=True)
-_BWD = Launcher(_lse_bwd_kernel, _BWD_HALF + _BWD_FP32, key=["D", "C", "PREC"],
-                prune=by_precision(_BWD_HALF, _BWD_FP32), interpret=lambda kw: {"BLOCK_N": 16, "BLOCK_M": 16},
-                tensor_cores=True)
+_FWD = Launcher(
+    _lse_fwd_kernel,
+    _FWD_HALF + _FWD_FP32,
+    key=["D", "C", "PREC"],
+    prune=by_precision(_FWD_HALF, _FWD_FP32),
+    interpret=lambda kw: {"BLOCK_N": 16, "BLOCK_M": 16},
+    tensor_cores=True,
+)
+_BWD = Launcher(
+    _lse_bwd_kernel,
+    _BWD_HALF + _BWD_FP32,
+    key=["D", "C", "PREC"],
+    prune=by_precision(_BWD_HALF, _BWD_FP32),
+    interpret=lambda kw: {"BLOCK_N": 16, "BLOCK_M": 16},
+    tensor_cores=True,
+)
 
 # --- autograd Function ---
 
@@ -267,8 +282,22 @@ class _TritonClassLSE(torch.autograd.Function):
         if n:
             grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), splits)  # noqa: E731
             blocks = d_blocks(dt, d)
-            _FWD[grid](q, rows, offsets, pm, pl, n, d, num_classes, splits, _LOG2E / temperature,
-                       BLOCK_D=blocks["BLOCK_D"], BLOCK_K=blocks["BLOCK_K"], UPCAST=INTERPRET, PREC=dot_precision(dt))
+            _FWD[grid](
+                q,
+                rows,
+                offsets,
+                pm,
+                pl,
+                n,
+                d,
+                num_classes,
+                splits,
+                _LOG2E / temperature,
+                BLOCK_D=blocks["BLOCK_D"],
+                BLOCK_K=blocks["BLOCK_K"],
+                UPCAST=INTERPRET,
+                PREC=dot_precision(dt),
+            )
         top, total = combine_lse2(pm, pl)  # (N, C) each
         out = (top + torch.log2(total)) / _LOG2E  # an empty class: -inf + -inf = -inf
         ctx.save_for_backward(q, rows, offsets, out)
@@ -283,9 +312,23 @@ class _TritonClassLSE(torch.autograd.Function):
         if n:
             blocks = d_blocks(q.dtype, d)
             grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), ctx.splits, triton.cdiv(d, blocks["BLOCK_DO"]))  # noqa: E731
-            _BWD[grid](q, rows, offsets, out, grad_out.float().contiguous(), grad, n, d, out.shape[1], ctx.splits,
-                       _LOG2E / ctx.temperature, 1.0 / ctx.temperature, **blocks, UPCAST=INTERPRET,
-                       PREC=dot_precision(q.dtype))
+            _BWD[grid](
+                q,
+                rows,
+                offsets,
+                out,
+                grad_out.float().contiguous(),
+                grad,
+                n,
+                d,
+                out.shape[1],
+                ctx.splits,
+                _LOG2E / ctx.temperature,
+                1.0 / ctx.temperature,
+                **blocks,
+                UPCAST=INTERPRET,
+                PREC=dot_precision(q.dtype),
+            )
         grad = grad[0] if ctx.splits == 1 else grad.sum(0)  # (N, D)
         return grad.to(ctx.input_dtype), None, None, None, None
 

@@ -198,8 +198,11 @@ def _prune(configs_, named_args, **kwargs):
 # uint64 running top-k and a (BLOCK_N, BLOCK_M) uint64 key tile share the registers with the query tile.
 _TOPK = Launcher(
     _topk_kernel,
-    configs(({"BLOCK_N": 32, "BLOCK_M": 32}, 4, 2), ({"BLOCK_N": 64, "BLOCK_M": 32}, 8, 2),
-            ({"BLOCK_N": 32, "BLOCK_M": 64}, 8, 2)),
+    configs(
+        ({"BLOCK_N": 32, "BLOCK_M": 32}, 4, 2),
+        ({"BLOCK_N": 64, "BLOCK_M": 32}, 8, 2),
+        ({"BLOCK_N": 32, "BLOCK_M": 64}, 8, 2),
+    ),
     key=["M", "D", "K_PAD", "PREC"],
     interpret=lambda kw: {"BLOCK_N": 16, "BLOCK_M": max(32, kw["K_PAD"])},
     prune=_prune,
@@ -224,8 +227,20 @@ def _topk_triton(query: Tensor, bank: Tensor, k: int) -> tuple[Tensor, Tensor]:
     if n == 0:
         return scores, index
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
-    _TOPK[grid](q, b, scores, index, n, m, q.shape[1], k, K_PAD=k_pad, BLOCK_D=next_pow2(q.shape[1]), UPCAST=INTERPRET,
-                PREC=dot_precision(dt))
+    _TOPK[grid](
+        q,
+        b,
+        scores,
+        index,
+        n,
+        m,
+        q.shape[1],
+        k,
+        K_PAD=k_pad,
+        BLOCK_D=next_pow2(q.shape[1]),
+        UPCAST=INTERPRET,
+        PREC=dot_precision(dt),
+    )
     return scores, index
 
 

@@ -106,8 +106,9 @@ def _sums_kernel(
         lab = tl.load(lab_ptr + rows, mask=row_mask, other=-1)  # (BLOCK_N,)
         keep = row_mask & (lab >= 0) & (lab < C) & (lab != ignore_index)
         onehot = (lab[:, None] == cls[None, :]) & keep[:, None]  # (BLOCK_N, C_PAD)
-        f = tl.load(f_ptr + rows.to(tl.int64)[:, None] * D + d[None, :], mask=row_mask[:, None] & (d[None, :] < D),
-                    other=0.0)  # (BLOCK_N, BLOCK_D)
+        f = tl.load(
+            f_ptr + rows.to(tl.int64)[:, None] * D + d[None, :], mask=row_mask[:, None] & (d[None, :] < D), other=0.0
+        )  # (BLOCK_N, BLOCK_D)
         if UPCAST:  # the interpreter has no bf16 arithmetic
             acc = tl.dot(tl.trans(onehot.to(tl.float32)), f.to(tl.float32), acc, input_precision=PREC)
         else:  # 0/1 is exact in every float type: tensor cores for half features, exact fp32 products ("ieee")
@@ -121,10 +122,16 @@ def _sums_kernel(
 
 # Half features: the one-hot GEMM on tensor cores. float32 ("ieee", exact sums) runs on the FMA units, which hold
 # the dot's operands in registers: row blocks of 32-64 (128-row blocks spilled on sm_80, benchmarks/kernels_static.py).
-_HALF = configs(({"BLOCK_N": 128, "BLOCK_D": 64}, 4, 3), ({"BLOCK_N": 256, "BLOCK_D": 64}, 8, 3),
-                ({"BLOCK_N": 128, "BLOCK_D": 128}, 8, 3))
-_FP32 = configs(({"BLOCK_N": 32, "BLOCK_D": 64}, 4, 2), ({"BLOCK_N": 32, "BLOCK_D": 128}, 8, 2),
-                ({"BLOCK_N": 64, "BLOCK_D": 64}, 8, 2))
+_HALF = configs(
+    ({"BLOCK_N": 128, "BLOCK_D": 64}, 4, 3),
+    ({"BLOCK_N": 256, "BLOCK_D": 64}, 8, 3),
+    ({"BLOCK_N": 128, "BLOCK_D": 128}, 8, 3),
+)
+_FP32 = configs(
+    ({"BLOCK_N": 32, "BLOCK_D": 64}, 4, 2),
+    ({"BLOCK_N": 32, "BLOCK_D": 128}, 8, 2),
+    ({"BLOCK_N": 64, "BLOCK_D": 64}, 8, 2),
+)
 _SUMS = Launcher(
     _sums_kernel,
     _HALF + _FP32,
@@ -151,8 +158,20 @@ class _TritonClassSums(torch.autograd.Function):
         part = torch.empty(g, num_classes, d, dtype=torch.float32, device=f.device)  # (G, C, D)
         cnt = torch.empty(g, c_pad, dtype=torch.int32, device=f.device)  # (G, C_PAD)
         grid = lambda meta: (g, triton.cdiv(d, meta["BLOCK_D"]))  # noqa: E731
-        _SUMS[grid](f, lab, part, cnt, n, d, num_classes, ignore_index, g, C_PAD=c_pad, UPCAST=INTERPRET,
-                    PREC=dot_precision(f.dtype))
+        _SUMS[grid](
+            f,
+            lab,
+            part,
+            cnt,
+            n,
+            d,
+            num_classes,
+            ignore_index,
+            g,
+            C_PAD=c_pad,
+            UPCAST=INTERPRET,
+            PREC=dot_precision(f.dtype),
+        )
         ctx.save_for_backward(lab)
         ctx.num_classes, ctx.ignore_index, ctx.input_dtype = num_classes, ignore_index, features.dtype
         return part.sum(0), cnt.sum(0)[:num_classes].long()

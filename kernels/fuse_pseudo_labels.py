@@ -127,8 +127,19 @@ def _fuse_triton(probs, instance_probs, alpha, thresholds, ignore_index):
     confidence = torch.empty(b, h, w, dtype=torch.float32, device=p.device)  # (B, H, W)
     if labels.numel():
         grid = lambda meta: (b, triton.cdiv(h * w, meta["BLOCK"]))  # noqa: E731
-        _FUSE[grid](p, q, thresholds.contiguous(), labels, confidence, c, h * w, alpha, 1.0 - alpha, ignore_index,
-                    HAS_INST=instance_probs is not None)
+        _FUSE[grid](
+            p,
+            q,
+            thresholds.contiguous(),
+            labels,
+            confidence,
+            c,
+            h * w,
+            alpha,
+            1.0 - alpha,
+            ignore_index,
+            HAS_INST=instance_probs is not None,
+        )
     return labels, confidence
 
 

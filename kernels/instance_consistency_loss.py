@@ -151,9 +151,25 @@ def _log2_weight(ptr, mask):
 
 
 @triton.jit
-def _two_scores(wq, sq, w_ptr, s_ptr, rows, row_mask, b_ptr, cols, col_mask, d, D, BLOCK_N: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr, UPCAST: tl.constexpr,
-                PREC: tl.constexpr):
+def _two_scores(
+    wq,
+    sq,
+    w_ptr,
+    s_ptr,
+    rows,
+    row_mask,
+    b_ptr,
+    cols,
+    col_mask,
+    d,
+    D,
+    BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PREC: tl.constexpr,
+):
     """(weak, strong) scores (BLOCK_N, BLOCK_M) against one bank tile: half inputs read the tile once and dot it with
     both resident query tiles; float32 goes in D chunks (see d_blocks)."""
     if BLOCK_K == BLOCK_D:
@@ -208,8 +224,25 @@ def _inst_fwd_kernel(
         for m0 in range(first, end, stride):
             cols = m0 + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
             col_mask = cols < end
-            sw, ss = _two_scores(wq, sq, w_ptr, s_ptr, rows, row_mask, b_ptr, cols, col_mask, d, D, BLOCK_N, BLOCK_M,
-                                 BLOCK_D, BLOCK_K, UPCAST, PREC)
+            sw, ss = _two_scores(
+                wq,
+                sq,
+                w_ptr,
+                s_ptr,
+                rows,
+                row_mask,
+                b_ptr,
+                cols,
+                col_mask,
+                d,
+                D,
+                BLOCK_N,
+                BLOCK_M,
+                BLOCK_D,
+                BLOCK_K,
+                UPCAST,
+                PREC,
+            )
             ss = ss * scale
             a = tl.where(col_mask[None, :], sw * scale + log_w[:, None], float("-inf"))
             m_new = tl.maximum(m_s, tl.max(tl.where(col_mask[None, :], ss, float("-inf")), 1))
@@ -285,10 +318,12 @@ def _inst_bwd_kernel(
                 sw = tl.dot(wq, bt, input_precision=PREC)  # (BLOCK_N, BLOCK_M)
                 ss = tl.dot(sq, bt, input_precision=PREC)
             else:
-                sw = chunked_scores(w_ptr, rows, row_mask, b_ptr, cols, col_mask, D, BLOCK_N, BLOCK_M, BLOCK_K, UPCAST,
-                                    PREC)
-                ss = chunked_scores(s_ptr, rows, row_mask, b_ptr, cols, col_mask, D, BLOCK_N, BLOCK_M, BLOCK_K, UPCAST,
-                                    PREC)
+                sw = chunked_scores(
+                    w_ptr, rows, row_mask, b_ptr, cols, col_mask, D, BLOCK_N, BLOCK_M, BLOCK_K, UPCAST, PREC
+                )
+                ss = chunked_scores(
+                    s_ptr, rows, row_mask, b_ptr, cols, col_mask, D, BLOCK_N, BLOCK_M, BLOCK_K, UPCAST, PREC
+                )
             p = tl.exp2(tl.where(col_mask[None, :], ss * scale, float("-inf")) - lse_s[:, None])
             t = tl.exp2(tl.where(col_mask[None, :], sw * scale + log_w[:, None], float("-inf")) - lse_a[:, None])
             if BLOCK_DO != BLOCK_D or BLOCK_K != BLOCK_D:
@@ -302,17 +337,31 @@ def _inst_bwd_kernel(
 # Kept configs: half inputs on tensor cores (two resident query tiles), float32 ("ieee", FMA units) with smaller
 # tiles; the static check (benchmarks/kernels_static.py) shows none of them spills on sm_80 / sm_90 / sm_100 at
 # D = 256. (64, 64, 4 or 8 warps, 3 stages) spilled on sm_80 in the forward and were dropped.
-_FWD_HALF = configs(({"BLOCK_N": 64, "BLOCK_M": 32}, 4, 3), ({"BLOCK_N": 64, "BLOCK_M": 64}, 8, 2),
-                    ({"BLOCK_N": 64, "BLOCK_M": 64}, 4, 2), ({"BLOCK_N": 128, "BLOCK_M": 64}, 8, 2))
+_FWD_HALF = configs(
+    ({"BLOCK_N": 64, "BLOCK_M": 32}, 4, 3),
+    ({"BLOCK_N": 64, "BLOCK_M": 64}, 8, 2),
+    ({"BLOCK_N": 64, "BLOCK_M": 64}, 4, 2),
+    ({"BLOCK_N": 128, "BLOCK_M": 64}, 8, 2),
+)
 _FWD_FP32 = configs(({"BLOCK_N": 16, "BLOCK_M": 64}, 4, 2))  # (16 or 32, 32) spill on sm_80
 _BWD_HALF = configs(({"BLOCK_N": 64, "BLOCK_M": 32}, 8, 2), ({"BLOCK_N": 32, "BLOCK_M": 64}, 4, 2))
 _BWD_FP32 = configs(({"BLOCK_N": 16, "BLOCK_M": 32}, 4, 2))  # (16, 64) spills on sm_80
-_FWD = Launcher(_inst_fwd_kernel, _FWD_HALF + _FWD_FP32, key=["D", "C", "PREC"],
-                prune=by_precision(_FWD_HALF, _FWD_FP32), interpret=lambda kw: {"BLOCK_N": 16, "BLOCK_M": 16},
-                tensor_cores=True)
-_BWD = Launcher(_inst_bwd_kernel, _BWD_HALF + _BWD_FP32, key=["D", "C", "PREC"],
-                prune=by_precision(_BWD_HALF, _BWD_FP32), interpret=lambda kw: {"BLOCK_N": 16, "BLOCK_M": 16},
-                tensor_cores=True)
+_FWD = Launcher(
+    _inst_fwd_kernel,
+    _FWD_HALF + _FWD_FP32,
+    key=["D", "C", "PREC"],
+    prune=by_precision(_FWD_HALF, _FWD_FP32),
+    interpret=lambda kw: {"BLOCK_N": 16, "BLOCK_M": 16},
+    tensor_cores=True,
+)
+_BWD = Launcher(
+    _inst_bwd_kernel,
+    _BWD_HALF + _BWD_FP32,
+    key=["D", "C", "PREC"],
+    prune=by_precision(_BWD_HALF, _BWD_FP32),
+    interpret=lambda kw: {"BLOCK_N": 16, "BLOCK_M": 16},
+    tensor_cores=True,
+)
 
 
 def _combine(part: Tensor) -> tuple[Tensor, Tensor]:
@@ -348,8 +397,23 @@ class _TritonInstanceLoss(torch.autograd.Function):
         if n:
             grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), splits)  # noqa: E731
             blocks = d_blocks(dt, d)
-            _FWD[grid](w, s, rows, offsets, cw, part, n, d, cw.shape[1], splits, _LOG2E / temperature,
-                       BLOCK_D=blocks["BLOCK_D"], BLOCK_K=blocks["BLOCK_K"], UPCAST=INTERPRET, PREC=dot_precision(dt))
+            _FWD[grid](
+                w,
+                s,
+                rows,
+                offsets,
+                cw,
+                part,
+                n,
+                d,
+                cw.shape[1],
+                splits,
+                _LOG2E / temperature,
+                BLOCK_D=blocks["BLOCK_D"],
+                BLOCK_K=blocks["BLOCK_K"],
+                UPCAST=INTERPRET,
+                PREC=dot_precision(dt),
+            )
         loss, stats = _combine(part)  # (N,), (2, N)
         ctx.save_for_backward(w, s, rows, offsets, cw, stats.contiguous())
         ctx.temperature, ctx.input_dtype, ctx.splits = temperature, strong.dtype, splits
@@ -363,9 +427,25 @@ class _TritonInstanceLoss(torch.autograd.Function):
         if n:
             blocks = d_blocks(s.dtype, d)
             grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), ctx.splits, triton.cdiv(d, blocks["BLOCK_DO"]))  # noqa: E731
-            _BWD[grid](w, s, rows, offsets, cw, stats, grad_loss.float().contiguous(), grad, n, d, cw.shape[1],
-                       ctx.splits, _LOG2E / ctx.temperature, 1.0 / ctx.temperature, **blocks, UPCAST=INTERPRET,
-                       PREC=dot_precision(s.dtype))
+            _BWD[grid](
+                w,
+                s,
+                rows,
+                offsets,
+                cw,
+                stats,
+                grad_loss.float().contiguous(),
+                grad,
+                n,
+                d,
+                cw.shape[1],
+                ctx.splits,
+                _LOG2E / ctx.temperature,
+                1.0 / ctx.temperature,
+                **blocks,
+                UPCAST=INTERPRET,
+                PREC=dot_precision(s.dtype),
+            )
         grad = grad[0] if ctx.splits == 1 else grad.sum(0)  # (N, D)
         return None, grad.to(ctx.input_dtype), None, None, None, None
 
@@ -383,13 +463,15 @@ def _check_args(weak, strong, bank, bank_labels, class_weights, temperature) -> 
     for name, t in (("weak", weak), ("bank", bank), ("class_weights", class_weights)):
         check_device(_OP, name, t, dev)
     if weak.shape != strong.shape:
-        raise ValueError(f"{_OP}: weak and strong must have the same shape, got {tuple(weak.shape)} and "
-                         f"{tuple(strong.shape)}")
+        raise ValueError(
+            f"{_OP}: weak and strong must have the same shape, got {tuple(weak.shape)} and {tuple(strong.shape)}"
+        )
     if bank.shape[1] != strong.shape[1]:
         raise ValueError(f"{_OP}: bank must have D = {strong.shape[1]} columns like strong, got {tuple(bank.shape)}")
     if class_weights.shape[0] != strong.shape[0] or class_weights.shape[1] < 1:
-        raise ValueError(f"{_OP}: class_weights must have shape ({strong.shape[0]}, C >= 1), "
-                         f"got {tuple(class_weights.shape)}")
+        raise ValueError(
+            f"{_OP}: class_weights must have shape ({strong.shape[0]}, C >= 1), got {tuple(class_weights.shape)}"
+        )
     check_index(_OP, "bank_labels", bank_labels, (bank.shape[0],), dev)
     return check_positive(_OP, "temperature", temperature)
 

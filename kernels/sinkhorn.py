@@ -222,12 +222,31 @@ def _sinkhorn_triton(scores: Tensor, marginal: Tensor, epsilon: float, iteration
     scale, log2_n, warps = _LOG2E / epsilon, math.log2(n), 4 if block_k * block_n <= 2048 else 8
 
     def rows(compute_u: bool, cols: bool, write_q: bool) -> None:
-        _ROWS[(g,)](s, v, u, q, pmax, psum, n, k, scale, log2_n, g, COMPUTE_U=compute_u, COLS=cols,
-                    WRITE_Q=write_q, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=2)
+        _ROWS[(g,)](
+            s,
+            v,
+            u,
+            q,
+            pmax,
+            psum,
+            n,
+            k,
+            scale,
+            log2_n,
+            g,
+            COMPUTE_U=compute_u,
+            COLS=cols,
+            WRITE_Q=write_q,
+            BLOCK_N=block_n,
+            BLOCK_K=block_k,
+            num_warps=warps,
+            num_stages=2,
+        )
 
     def columns(log_marginal: Tensor) -> None:
-        _COLS[(triton.cdiv(k, 128),)](pmax, psum, log_marginal, v, g, k, block_k, BLOCK_G=16, BLOCK_K=128,
-                                     num_warps=4, num_stages=2)
+        _COLS[(triton.cdiv(k, 128),)](
+            pmax, psum, log_marginal, v, g, k, block_k, BLOCK_G=16, BLOCK_K=128, num_warps=4, num_stages=2
+        )
 
     rows(compute_u=False, cols=True, write_q=False)  # column partials of x + 0
     if iterations == 0:  # N * exp(x - LSE_all x): v = 0, u = -LSE_all - log2 N
@@ -253,8 +272,9 @@ def _check_args(scores, marginal, epsilon, iterations) -> float:
     check_float(_OP, "scores", scores, 2)
     check_float(_OP, "marginal", marginal, 1)
     if marginal.shape[0] != scores.shape[1]:
-        raise ValueError(f"{_OP}: marginal must have shape ({scores.shape[1]},) like scores' columns, "
-                         f"got {tuple(marginal.shape)}")
+        raise ValueError(
+            f"{_OP}: marginal must have shape ({scores.shape[1]},) like scores' columns, got {tuple(marginal.shape)}"
+        )
     check_device(_OP, "marginal", marginal, scores.device)
     if scores.shape[0] == 0 or scores.shape[1] == 0:
         raise ValueError(f"{_OP}: scores must be non-empty, got shape {tuple(scores.shape)}")

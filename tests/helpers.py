@@ -1,9 +1,9 @@
 """Test utilities: a tiny training config, resume-exactness and two-process DDP runners, where Triton runs.
 
-    cfg = tiny_config("dida", **{"methods.dida.bank_per_class": 8})
-    check_resume_exact(cfg, tmp_path)            # stopped + resumed == uninterrupted, weights and method state
-    states = run_ddp(cfg, tmp_path)              # two gloo processes; per-rank final state dicts
-    assert_states_equal(states[0], states[1])
+cfg = tiny_config("dida", **{"methods.dida.bank_per_class": 8})
+check_resume_exact(cfg, tmp_path)            # stopped + resumed == uninterrupted, weights and method state
+states = run_ddp(cfg, tmp_path)              # two gloo processes; per-rank final state dicts
+assert_states_equal(states[0], states[1])
 """
 
 from __future__ import annotations
@@ -97,8 +97,9 @@ def _free_port() -> int:
 
 
 def _ddp_worker(rank: int, world: int, port: int, cfg: Config, out: Path) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     from udaseg import distributed as dist
     from udaseg.train import train
 

@@ -10,8 +10,13 @@ from udaseg.models import build_model
 
 def make_ckpt(path, name="compact", classes=19):
     model = build_model(name, num_classes=classes)
-    payload = {"model": model.state_dict(), "teacher": model.state_dict(), "iteration": 3,
-               "model_spec": {"name": name, "num_classes": classes, "kwargs": {}}, "config": {"a": 1}}
+    payload = {
+        "model": model.state_dict(),
+        "teacher": model.state_dict(),
+        "iteration": 3,
+        "model_spec": {"name": name, "num_classes": classes, "kwargs": {}},
+        "config": {"a": 1},
+    }
     save_checkpoint(path, payload)
     return model
 

@@ -77,8 +77,9 @@ def test_resume_diff_splits_free_keys_and_ignores_new_defaults():
 def test_validate_checks_monitor_and_augment_before_any_data_is_built():
     from udaseg.config import validate
 
-    cfg = load_config(None, ["monitor.criterion=foo", "monitor.on_collapse=panic", "augment.blur=2",
-                             "monitor.probe_images=0"])
+    cfg = load_config(
+        None, ["monitor.criterion=foo", "monitor.on_collapse=panic", "augment.blur=2", "monitor.probe_images=0"]
+    )
     with pytest.raises(ConfigError) as e:
         validate(cfg)
     for key in ("monitor.criterion='foo'", "monitor.on_collapse='panic'", "augment.blur=2.0", "monitor.probe_images=0"):

@@ -25,8 +25,9 @@ LONG = {"train.iters": 30, "train.ckpt_every": 2, "train.warmup_iters": 2}  # lo
 
 
 def _worker(rank: int, world: int, port: int, cfg, out: Path, resume: bool) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     from udaseg import distributed as dist
     from udaseg.train import train
 
@@ -121,8 +122,24 @@ def _rank_pids(parent: int, rank: int) -> list[int]:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the worker to kill through /proc")
 def test_torchrun_restarts_a_killed_worker_from_last_pt(tmp_path, reference):
     sets = [s for s in TINY if not s.startswith(tuple(LONG))] + [f"{k}={v}" for k, v in LONG.items()]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "--max-restarts",
-           "1", "--monitor-interval", "0.1", "-m", "udaseg.train", "--out", str(tmp_path), "--method", "self_training"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "--max-restarts",
+        "1",
+        "--monitor-interval",
+        "0.1",
+        "-m",
+        "udaseg.train",
+        "--out",
+        str(tmp_path),
+        "--method",
+        "self_training",
+    ]
     cmd += [x for s in sets for x in ("--set", s)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     agent = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -19,8 +19,9 @@ def random_step(seed: int, b=2, h=7, w=9):
     label = torch.where(torch.rand(b, h, w, generator=g) < 0.2, torch.randint(0, C, (b, h, w), generator=g), label)
     label[torch.rand(b, h, w, generator=g) < 0.25] = IGNORE_INDEX  # what a plug-in left out
     weight = (torch.rand(b, h, w, generator=g) > 0.1).float()  # some zero weights
-    step = Step(iteration=0, source_image=torch.zeros(b, 3, h, w),
-                source_label=torch.randint(0, C - 1, (b, h, w), generator=g))  # class C-1 never in source
+    step = Step(
+        iteration=0, source_image=torch.zeros(b, 3, h, w), source_label=torch.randint(0, C - 1, (b, h, w), generator=g)
+    )  # class C-1 never in source
     step.teacher_target = {"probs": probs}
     step.pseudo_label, step.pseudo_weight = label, weight
     step.pseudo_confidence = probs.max(1).values * 1.5

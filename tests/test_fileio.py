@@ -49,11 +49,14 @@ def test_parent_that_is_a_file(tmp_path):
         write_json(tmp_path / "f" / "sub" / "x.json", {})
 
 
-@pytest.mark.parametrize("error, expect", [
-    (UserError("--flag: expected a number"), "error: --flag: expected a number"),
-    (ConfigError("train.iters: must be >= 0"), "error: train.iters: must be >= 0"),
-    (FileNotFoundError(errno.ENOENT, "No such file", "model.pt"), "error: model.pt: no such file or folder"),
-])
+@pytest.mark.parametrize(
+    "error, expect",
+    [
+        (UserError("--flag: expected a number"), "error: --flag: expected a number"),
+        (ConfigError("train.iters: must be >= 0"), "error: train.iters: must be >= 0"),
+        (FileNotFoundError(errno.ENOENT, "No such file", "model.pt"), "error: model.pt: no such file or folder"),
+    ],
+)
 def test_run_cli_user_errors_are_one_line_exit_2(capsys, error, expect):
     def main(argv):
         raise error

@@ -40,8 +40,10 @@ def models(tmp_path_factory):
 def drive(tmp_path_factory):
     """An MCAP bag with a raw and a png camera, N frames each."""
     path = tmp_path_factory.mktemp("drive") / "drive"
-    topics = {"/cam/front/image_raw": ("bgr8", frames(N, h=24, w=40)),
-              "/cam/rear/image_raw/compressed": ("png", frames(N, seed=3, h=24, w=40))}
+    topics = {
+        "/cam/front/image_raw": ("bgr8", frames(N, h=24, w=40)),
+        "/cam/rear/image_raw/compressed": ("png", frames(N, seed=3, h=24, w=40)),
+    }
     write_bag(path, topics)
     return storage_file(path), topics  # a bare .mcap file, as a recorder's --output drive.mcap gives
 
@@ -63,12 +65,16 @@ def pixels(msg) -> np.ndarray:
     data = np.asarray(msg.data, np.uint8)
     if msg.encoding == "32FC1":
         return data.view(np.float32).reshape(msg.height, msg.width)
-    return data.reshape(msg.height, msg.width, -1).squeeze(-1) if msg.encoding == "mono8" else \
-        data.reshape(msg.height, msg.width, 3)
+    return (
+        data.reshape(msg.height, msg.width, -1).squeeze(-1)
+        if msg.encoding == "mono8"
+        else data.reshape(msg.height, msg.width, 3)
+    )
 
 
-@pytest.mark.parametrize("model,out_name,flags", [("onnx", "seg.mcap", ["--confidence"]),
-                                                  ("pt", "seg.db3", ["--float-confidence"])])
+@pytest.mark.parametrize(
+    "model,out_name,flags", [("onnx", "seg.mcap", ["--confidence"]), ("pt", "seg.db3", ["--float-confidence"])]
+)
 def test_bag_in_bag_out(models, drive, tmp_path, model, out_name, flags, capsys):
     from udaseg.data.recordings import Subsample
     from udaseg.data.rosbag import BagSource
@@ -86,8 +92,9 @@ def test_bag_in_bag_out(models, drive, tmp_path, model, out_name, flags, capsys)
     source_frames = list(BagSource(bag, topic).stream(Subsample()))
     for name in ("labels", "color", "confidence"):
         assert [t for t, _ in written[f"{base}/{name}"]] == [f.log_time_ns for f in source_frames]
-    for f, (_, lab), (_, col), (_, conf) in zip(source_frames, *(written[f"{base}/{n}"] for n in
-                                                                 ("labels", "color", "confidence"))):
+    for f, (_, lab), (_, col), (_, conf) in zip(
+        source_frames, *(written[f"{base}/{n}"] for n in ("labels", "color", "confidence"))
+    ):
         want = segment(backend, f.image, (32, 64), with_confidence=True)
         for msg in (lab, col, conf):
             assert msg.header.frame_id == f.frame_id
@@ -103,24 +110,50 @@ def test_bag_in_bag_out(models, drive, tmp_path, model, out_name, flags, capsys)
 def test_bag_in_png_folder_out(models, drive, tmp_path):
     bag, _ = drive
     out = tmp_path / "pngs"
-    args = ["--checkpoint", str(models["onnx"]), "--input", str(bag), "--topic", "/cam/rear/image_raw/compressed",
-            "--output", str(out), "--every", "2"]
+    args = [
+        "--checkpoint",
+        str(models["onnx"]),
+        "--input",
+        str(bag),
+        "--topic",
+        "/cam/rear/image_raw/compressed",
+        "--output",
+        str(out),
+        "--every",
+        "2",
+    ]
     assert main(args) == 0
     rows = list(csv.DictReader((out / "frames.csv").open()))
     assert [r["name"] for r in rows] == ["frame000000", "frame000002"] and rows[1]["frame_id"] == "cam1_2"
     assert int(rows[1]["stamp_ns"]) == 1_700_000_000_000_000_000 + 2 * 100_000_000 + 7
-    assert sorted(p.name for p in out.glob("*.png")) == ["frame000000_color.png", "frame000000_labels.png",
-                                                         "frame000002_color.png", "frame000002_labels.png"]
+    assert sorted(p.name for p in out.glob("*.png")) == [
+        "frame000000_color.png",
+        "frame000000_labels.png",
+        "frame000002_color.png",
+        "frame000002_labels.png",
+    ]
 
 
 def test_wrong_topic_is_one_line_listing_the_image_topics(models, drive, tmp_path, capsys):
     bag, _ = drive
-    code = main(["--checkpoint", str(models["onnx"]), "--input", str(bag), "--topic", "/cam/left",
-                 "--output", str(tmp_path / "x.mcap")])
+    code = main(
+        [
+            "--checkpoint",
+            str(models["onnx"]),
+            "--input",
+            str(bag),
+            "--topic",
+            "/cam/left",
+            "--output",
+            str(tmp_path / "x.mcap"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and str(bag) in err
-    assert "no topic '/cam/left'; image topics in this bag: /cam/front/image_raw (Image), " \
-           "/cam/rear/image_raw/compressed (CompressedImage)" in err
+    assert (
+        "no topic '/cam/left'; image topics in this bag: /cam/front/image_raw (Image), "
+        "/cam/rear/image_raw/compressed (CompressedImage)" in err
+    )
     assert not (tmp_path / "x.mcap").exists()
 
 
@@ -128,8 +161,18 @@ def test_unwritable_output_is_one_line(models, drive, tmp_path, capsys):
     bag, _ = drive
     (tmp_path / "file").write_text("a file, not a folder")
     for out in ("seg.mcap", "seg.db3", "pngs", "seg.mp4"):
-        code = main(["--checkpoint", str(models["onnx"]), "--input", str(bag), "--topic", "/cam/front/image_raw",
-                     "--output", str(tmp_path / "file" / out)])
+        code = main(
+            [
+                "--checkpoint",
+                str(models["onnx"]),
+                "--input",
+                str(bag),
+                "--topic",
+                "/cam/front/image_raw",
+                "--output",
+                str(tmp_path / "file" / out),
+            ]
+        )
         err = capsys.readouterr().err
         if out.endswith(".mp4"):  # a bag in cannot give a video out
             assert code == 2 and "a video output needs a video input" in err
@@ -183,18 +226,53 @@ def test_video_in_overlay_video_and_pngs_out(models, tmp_path, capsys):
     blend = (images[2].astype(np.float32) * 0.5 + color * 0.5 + 0.5).astype(np.uint8)
     assert np.abs(decoded[1].to_ndarray(format="rgb24").astype(int) - blend).mean() < 6  # H.264 4:2:0
     only = tmp_path / "only.mp4"
-    assert main(["--checkpoint", str(models["pt"]), "--input", str(video), "--output", str(only),
-                 "--height", "32", "--width", "64"]) == 0
+    assert (
+        main(
+            [
+                "--checkpoint",
+                str(models["pt"]),
+                "--input",
+                str(video),
+                "--output",
+                str(only),
+                "--height",
+                "32",
+                "--width",
+                "64",
+            ]
+        )
+        == 0
+    )
     with av.open(str(only)) as container:
         assert container.streams.video[0].frames in (0, 6) and len(list(container.decode(video=0))) == 6
 
 
 PALETTE_U8 = np.asarray(PALETTE, np.uint8)
 
-TINY_TRAIN = ["--iters", "2", "--warmup-iters", "0", "--set", "data.crop=[32, 64]", "--set", "data.batch_size=2",
-              "--set", "data.workers=0", "--set", "data.synthetic={count: 12, size: [48, 96]}", "--set",
-              "train.threads=1", "--set", "model.kwargs={width: 8}", "--set", "train.samples=1", "--set",
-              "optim.warmup_iters=1", "--set", "train.log_every=1"]
+TINY_TRAIN = [
+    "--iters",
+    "2",
+    "--warmup-iters",
+    "0",
+    "--set",
+    "data.crop=[32, 64]",
+    "--set",
+    "data.batch_size=2",
+    "--set",
+    "data.workers=0",
+    "--set",
+    "data.synthetic={count: 12, size: [48, 96]}",
+    "--set",
+    "train.threads=1",
+    "--set",
+    "model.kwargs={width: 8}",
+    "--set",
+    "train.samples=1",
+    "--set",
+    "optim.warmup_iters=1",
+    "--set",
+    "train.log_every=1",
+]
 
 
 def test_bag_and_video_as_training_targets(tmp_path, capsys):
@@ -204,8 +282,10 @@ def test_bag_and_video_as_training_targets(tmp_path, capsys):
     write_bag(bag, {"/cam": ("rgb8", frames(6, h=48, w=96))})
     assert train_main(["--target", f"rosbag:{bag}:/cam", "--out", str(tmp_path / "a"), *TINY_TRAIN]) == 2
     assert "has no labels: " in capsys.readouterr().err  # evaluating on the bag: refused before any training
-    assert train_main(["--target", f"rosbag:{bag}:/cam:every=2", "--no-eval", "--out", str(tmp_path / "b"),
-                       *TINY_TRAIN]) == 0
+    assert (
+        train_main(["--target", f"rosbag:{bag}:/cam:every=2", "--no-eval", "--out", str(tmp_path / "b"), *TINY_TRAIN])
+        == 0
+    )
     assert (tmp_path / "b" / "final.pt").is_file()
     video = tmp_path / "dash.mkv"
     write_video(video, smooth(6, h=48, w=96))

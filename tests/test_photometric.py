@@ -68,8 +68,10 @@ def test_randomize_is_deterministic_and_off_draws_nothing():
 class Images(torch.utils.data.Dataset):
     def __init__(self, n, seed):
         g = torch.Generator().manual_seed(seed)
-        self.items = [{"image": torch.rand(3, 24, 40, generator=g), "label": torch.randint(0, 4, (24, 40), generator=g)}
-                      for _ in range(n)]
+        self.items = [
+            {"image": torch.rand(3, 24, 40, generator=g), "label": torch.randint(0, 4, (24, 40), generator=g)}
+            for _ in range(n)
+        ]
 
     def __len__(self):
         return len(self.items)

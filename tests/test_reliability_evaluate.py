@@ -18,8 +18,15 @@ from udaseg.models import build_model
 def checkpoint(tmp_path):
     model = build_model("compact", num_classes=19, width=8)
     path = tmp_path / "c.pt"
-    save_checkpoint(path, {"model": model.state_dict(), "teacher": model.state_dict(), "iteration": 1,
-                           "model_spec": {"name": "compact", "num_classes": 19, "kwargs": {"width": 8}}})
+    save_checkpoint(
+        path,
+        {
+            "model": model.state_dict(),
+            "teacher": model.state_dict(),
+            "iteration": 1,
+            "model_spec": {"name": "compact", "num_classes": 19, "kwargs": {"width": 8}},
+        },
+    )
     return path
 
 
@@ -34,8 +41,13 @@ def no_evaluation(monkeypatch):
 
     def fake_evaluate(*a, **k):
         calls.append("evaluate")
-        return {"miou": float("nan"), "per_class": {"road": None}, "protocol": 19, "pixel_acc": float("nan"),
-                "images": 0}
+        return {
+            "miou": float("nan"),
+            "per_class": {"road": None},
+            "protocol": 19,
+            "pixel_acc": float("nan"),
+            "images": 0,
+        }
 
     monkeypatch.setattr(E, "evaluate", fake_evaluate)
     return calls
@@ -102,7 +114,8 @@ def test_a_checkpoint_write_that_fails_keeps_the_previous_file(tmp_path, monkeyp
         save_checkpoint(path, {"x": torch.arange(4)})
     monkeypatch.setattr(torch, "save", real)
     assert torch.equal(load_checkpoint(path)["x"], torch.arange(3)) and [p.name for p in tmp_path.iterdir()] == [
-        "last.pt"]
+        "last.pt"
+    ]
 
 
 def test_a_split_without_labels_is_refused_not_a_silent_nan(tmp_path, capsys, checkpoint):
@@ -113,7 +126,20 @@ def test_a_split_without_labels_is_refused_not_a_silent_nan(tmp_path, capsys, ch
 
     make_cityscapes(tmp_path / "cs", split="val")
     shutil.rmtree(tmp_path / "cs" / "gtFine")
-    assert main(["--checkpoint", str(checkpoint), "--dataset", f"cityscapes:{tmp_path / 'cs'}", "--device", "cpu",
-                 "--output", str(tmp_path / "r.json")]) == 2
+    assert (
+        main(
+            [
+                "--checkpoint",
+                str(checkpoint),
+                "--dataset",
+                f"cityscapes:{tmp_path / 'cs'}",
+                "--device",
+                "cpu",
+                "--output",
+                str(tmp_path / "r.json"),
+            ]
+        )
+        == 2
+    )
     one_line_error(capsys, "has no labels", "gtFine")
     assert not (tmp_path / "r.json").exists()

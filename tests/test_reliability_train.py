@@ -50,8 +50,11 @@ def test_a_folder_holding_another_run_is_refused(tmp_path):
     train(cfg, tmp_path, stop_after=1)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
     other = tiny_config("source_only", **QUICK, **{"optim.lr": 0.002})
-    with pytest.raises(UserError, match=r"already holds a run \(config.yaml, metrics.jsonl, last.pt\).*--resume.*"
-                                        r"--overwrite"):
+    with pytest.raises(
+        UserError,
+        match=r"already holds a run \(config.yaml, metrics.jsonl, last.pt\).*--resume.*"
+        r"--overwrite",
+    ):
         train(other, tmp_path)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before  # nothing touched
     train(other, tmp_path, overwrite=True)  # replacing it is explicit
@@ -62,8 +65,11 @@ def test_resume_with_another_config_names_the_keys(tmp_path, capsys):
     cfg = tiny_config("source_only", **QUICK)
     train(cfg, tmp_path, stop_after=1)
     changed = tiny_config("source_only", **QUICK, **{"optim.lr": 0.002, "train.seed": 3})
-    with pytest.raises(ConfigError, match=r"2 key\(s\): optim.lr: 0.001 in the run, 0.002 now; train.seed: 0 in the "
-                                          r"run, 3 now"):
+    with pytest.raises(
+        ConfigError,
+        match=r"2 key\(s\): optim.lr: 0.001 in the run, 0.002 now; train.seed: 0 in the "
+        r"run, 3 now",
+    ):
         train(changed, tmp_path, resume=True)
     assert torch.load(tmp_path / "last.pt", weights_only=True)["iteration"] == 1  # untouched
     train(tiny_config("source_only", **QUICK, **{"train.log_every": 2}), tmp_path, resume=True)  # a free key
@@ -166,8 +172,16 @@ def test_a_skipped_step_changes_no_state(tmp_path, monkeypatch):
 
 
 def test_a_huge_learning_rate_never_leaves_non_finite_tensors_in_last_pt(tmp_path, capsys):
-    cfg = tiny_config("source_only", **{"train.warmup_iters": 0, "train.iters": 16, "train.ckpt_every": 1,
-                                        "optim.lr": 1e30, "optim.warmup_iters": 0})
+    cfg = tiny_config(
+        "source_only",
+        **{
+            "train.warmup_iters": 0,
+            "train.iters": 16,
+            "train.ckpt_every": 1,
+            "optim.lr": 1e30,
+            "optim.warmup_iters": 0,
+        },
+    )
     with pytest.raises(NonFiniteLoss) as e:
         train(cfg, tmp_path)
     payload = torch.load(tmp_path / "last.pt", weights_only=True)
@@ -237,7 +251,12 @@ def test_loss_terms_are_always_named_by_plug_in():
     a, b = Term(), Term()
     a.name, b.name = "a", "b"
     model = build_model("compact", num_classes=19, width=8)
-    step = Step(iteration=0, source_image=torch.rand(1, 3, 32, 32), source_label=torch.zeros(1, 32, 32).long(),
-                student=model, teacher=model)
+    step = Step(
+        iteration=0,
+        source_image=torch.rand(1, 3, 32, 32),
+        source_label=torch.zeros(1, 32, 32).long(),
+        student=model,
+        teacher=model,
+    )
     assert set(train_step(step, [a, b])) == {"source_ce", "a/consistency", "b/consistency"}
     assert set(train_step(step, [a])) == {"source_ce", "a/consistency"}  # no collision: still prefixed

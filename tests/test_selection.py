@@ -101,8 +101,12 @@ def test_collapse_wins_entropy_and_snd_but_loses_agreement_and_im():
 
 
 def window(eff, src_eff, coverage=0.9, share=(0.97, 0.01, 0.01, 0.01), source=(0.4, 0.3, 0.2, 0.1)):
-    return {"effective_classes": eff, "source_effective_classes": src_eff, "coverage": coverage,
-            "per_class": {"share": list(share), "source_share": list(source)}}
+    return {
+        "effective_classes": eff,
+        "source_effective_classes": src_eff,
+        "coverage": coverage,
+        "per_class": {"share": list(share), "source_share": list(source)},
+    }
 
 
 def test_guard_diversity_coverage_and_score():
@@ -141,8 +145,15 @@ def one_class_checkpoint(path, cls: int = 0):
         model.classifier.bias.fill_(-20.0)
         model.classifier.bias[cls] = 20.0
     sd = model.state_dict()
-    torch.save({"model": sd, "teacher": sd, "iteration": 0,
-                "model_spec": {"name": "compact", "num_classes": 19, "kwargs": {"width": 8}}}, path)
+    torch.save(
+        {
+            "model": sd,
+            "teacher": sd,
+            "iteration": 0,
+            "model_spec": {"name": "compact", "num_classes": 19, "kwargs": {"width": 8}},
+        },
+        path,
+    )
     return path
 
 
@@ -182,8 +193,10 @@ def test_rollback_ends_the_run_with_the_best_unsupervised_weights(tmp_path):
     from udaseg.train import train
 
     init = one_class_checkpoint(tmp_path / "one_class.pt")
-    cfg = tiny_config("self_training", **{"train.warmup_iters": 0, "train.init": str(init), "train.eval_every": 1,
-                                          "monitor.on_collapse": "rollback"})
+    cfg = tiny_config(
+        "self_training",
+        **{"train.warmup_iters": 0, "train.init": str(init), "train.eval_every": 1, "monitor.on_collapse": "rollback"},
+    )
     result = train(cfg, tmp_path / "run")
     assert [r["iter"] for r in rows_of(tmp_path / "run", "adapt")] == [1]  # stopped after the first window
     best = torch.load(tmp_path / "run" / "best_unsupervised.pt", weights_only=True)

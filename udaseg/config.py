@@ -324,14 +324,25 @@ def _names(cfg: Config) -> list[str]:
             check(getattr(cfg.train, key.split(".")[1]))
         except ValueError as e:
             bad.append(str(e) if key in str(e) else f"{key}: {e}")
-    bad += [f"methods.{name}: no such method; available: {', '.join(sorted(REGISTRY))}"
-            for name in sorted(set(cfg.methods) - set(REGISTRY))]
+    bad += [
+        f"methods.{name}: no such method; available: {', '.join(sorted(REGISTRY))}"
+        for name in sorted(set(cfg.methods) - set(REGISTRY))
+    ]
     return bad
 
 
 # Keys a resumed run may change: where and how fast it runs, how often it reports; not what it computes.
-RESUME_FREE_KEYS = ("train.device", "train.threads", "train.kernels", "data.workers", "train.eval_every",
-                    "train.eval_max_images", "train.ckpt_every", "train.log_every", "train.samples")
+RESUME_FREE_KEYS = (
+    "train.device",
+    "train.threads",
+    "train.kernels",
+    "data.workers",
+    "train.eval_every",
+    "train.eval_max_images",
+    "train.ckpt_every",
+    "train.log_every",
+    "train.samples",
+)
 
 
 def config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:

@@ -29,8 +29,9 @@ def init(device: torch.device) -> tuple[int, int]:
         # attempt's addresses, and a worker connecting to a dead peer's address times out.
         store, rank, world = next(dist.rendezvous("env://"))
         attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-        dist.init_process_group(backend=backend, store=dist.PrefixStore(f"udaseg/attempt_{attempt}", store),
-                                rank=rank, world_size=world)
+        dist.init_process_group(
+            backend=backend, store=dist.PrefixStore(f"udaseg/attempt_{attempt}", store), rank=rank, world_size=world
+        )
     return dist.get_rank(), dist.get_world_size()
 
 

@@ -313,8 +313,10 @@ def run(args: argparse.Namespace) -> dict:
     model, info = load_model(args.checkpoint, prefer=args.weights)
     dataset = build_dataset(args.dataset, split=args.split, role="target")
     if not getattr(dataset, "labelled", True):  # an mIoU over no labelled pixel would be a silent NaN
-        raise UserError(f"--dataset {args.dataset} (split {args.split}) has no labels: {dataset.unlabelled_reason}; "
-                        "evaluation needs a labelled split (for predictions without labels: python -m udaseg.infer)")
+        raise UserError(
+            f"--dataset {args.dataset} (split {args.split}) has no labels: {dataset.unlabelled_reason}; "
+            "evaluation needs a labelled split (for predictions without labels: python -m udaseg.infer)"
+        )
     model = model.to(args.device)
     result = evaluate(
         model, dataset, protocol=args.protocol, mode=args.mode, crop=tuple(args.crop), stride=tuple(args.stride),

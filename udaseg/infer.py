@@ -273,13 +273,13 @@ def recording_sinks(source, args, stack: contextlib.ExitStack) -> tuple[Path | N
         return None, stack.enter_context(BagWriter(out, topic, args.confidence, args.float_confidence)), None
     if suffix in VIDEO_FORMATS:
         if not is_video:
-            raise InferError(f"--output {out}: a video output needs a video input; for a bag write .mcap/.db3 or a "
-                             f"folder")
+            raise InferError(
+                f"--output {out}: a video output needs a video input; for a bag write .mcap/.db3 or a folder"
+            )
         return None, None, stack.enter_context(VideoWriter(out, source.time_base, source.rate))
     video = None
     if is_video:
-        video = stack.enter_context(VideoWriter(out / f"{source.path.stem}_overlay.mp4", source.time_base,
-                                                source.rate))
+        video = stack.enter_context(VideoWriter(out / f"{source.path.stem}_overlay.mp4", source.time_base, source.rate))
     return out, None, video
 
 

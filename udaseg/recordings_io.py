@@ -33,9 +33,11 @@ def image_msg(types, array: np.ndarray, encoding: str, stamp_ns: int, frame_id: 
     data = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
     header = types["std_msgs/msg/Header"](
         stamp=types["builtin_interfaces/msg/Time"](sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000),
-        frame_id=frame_id)
-    return types["sensor_msgs/msg/Image"](header=header, height=h, width=w, encoding=encoding, is_bigendian=0,
-                                          step=data.size // h, data=data)
+        frame_id=frame_id,
+    )
+    return types["sensor_msgs/msg/Image"](
+        header=header, height=h, width=w, encoding=encoding, is_bigendian=0, step=data.size // h, data=data
+    )
 
 
 class BagWriter:
@@ -43,8 +45,9 @@ class BagWriter:
     `.../confidence` (mono8: max softmax x 255, or 32FC1 in [0, 1] with `float_confidence`), at the receive time of
     the input message."""
 
-    def __init__(self, path: str | os.PathLike, topic: str, confidence: bool = False,
-                 float_confidence: bool = False) -> None:
+    def __init__(
+        self, path: str | os.PathLike, topic: str, confidence: bool = False, float_confidence: bool = False
+    ) -> None:
         from udaseg.data.rosbag import typestore
 
         self.path = Path(path)
@@ -82,8 +85,10 @@ class BagWriter:
         except OSError as e:
             raise WriteError(f"cannot write {self.path}: {describe_os_error(e)}") from e
         names = ["labels", "color"] + (["confidence"] if self.confidence else [])
-        self.conns = {n: self.writer.add_connection(f"{self.base}/{n}", "sensor_msgs/msg/Image",
-                                                    typestore=self.store) for n in names}
+        self.conns = {
+            n: self.writer.add_connection(f"{self.base}/{n}", "sensor_msgs/msg/Image", typestore=self.store)
+            for n in names
+        }
 
     def topics(self) -> list[str]:
         return [c.topic for c in self.conns.values()]
@@ -96,14 +101,16 @@ class BagWriter:
     def _write(self, frame, result: dict) -> None:
         msgs = {"labels": (result["labels"], "mono8"), "color": (result["color"], "rgb8")}
         if self.confidence:
-            msgs["confidence"] = ((result["confidence_f32"], "32FC1") if self.float_confidence
-                                  else (result["confidence"], "mono8"))
+            msgs["confidence"] = (
+                (result["confidence_f32"], "32FC1") if self.float_confidence else (result["confidence"], "mono8")
+            )
         types = self.store.types
         try:
             for name, (array, encoding) in msgs.items():
                 msg = image_msg(types, array, encoding, frame.stamp_ns, frame.frame_id)
-                self.writer.write(self.conns[name], frame.log_time_ns,
-                                  self.store.serialize_cdr(msg, "sensor_msgs/msg/Image"))
+                self.writer.write(
+                    self.conns[name], frame.log_time_ns, self.store.serialize_cdr(msg, "sensor_msgs/msg/Image")
+                )
         except OSError as e:
             raise WriteError(f"cannot write {self.path}: {describe_os_error(e)}") from e
         self.count += 1

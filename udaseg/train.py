@@ -138,13 +138,20 @@ def eval_teacher(run: Run, cfg: Config, full: bool) -> dict:
     cap = cfg.train.eval_max_images
     if not full and 0 < cap < len(val):
         val = torch.utils.data.Subset(val, range(cap))
-    return evaluate(run.teacher, val, protocol=cfg.data.protocol, device=run.device, progress=False,
-                    batch_size=cfg.data.batch_size)
+    return evaluate(
+        run.teacher, val, protocol=cfg.data.protocol, device=run.device, progress=False, batch_size=cfg.data.batch_size
+    )
 
 
 # ----------------------------------------------------------------------------- the run
-def train(cfg: Config, out: str | Path, resume: bool = False, stop_after: int | None = None,
-          state_out: dict | None = None, overwrite: bool = False) -> dict:
+def train(
+    cfg: Config,
+    out: str | Path,
+    resume: bool = False,
+    stop_after: int | None = None,
+    state_out: dict | None = None,
+    overwrite: bool = False,
+) -> dict:
     """Run both stages; returns final.json's content (on rank 0; {} when stopped early).
 
     `cfg` is not modified (the run works on a copy). `resume` continues the run in `out`; `overwrite` replaces the
@@ -172,8 +179,12 @@ def train(cfg: Config, out: str | Path, resume: bool = False, stop_after: int | 
     dist.broadcast_module(run.teacher)
     loop(run, cfg, stages, out, stop_after)
     if state_out is not None:
-        state_out.update(model=run.student.state_dict(), teacher=run.teacher.state_dict(),
-                         methods={k: m.state_dict() for k, m in run.methods.items()}, iteration=run.iteration)
+        state_out.update(
+            model=run.student.state_dict(),
+            teacher=run.teacher.state_dict(),
+            methods={k: m.state_dict() for k, m in run.methods.items()},
+            iteration=run.iteration,
+        )
     return finish(run, cfg, stages, out) if run.done else {}
 
 
@@ -181,8 +192,9 @@ def build_run(cfg: Config, data: TrainData, device: torch.device) -> tuple[Run, 
     """Student, EMA teacher, stages and plug-ins, optimizer; fills the plug-ins' option defaults into `cfg`."""
     num_classes = (data.val if data.val is not None else data.source.dataset).num_classes
     spec = {"name": cfg.model.name, "num_classes": num_classes, "kwargs": dict(cfg.model.kwargs)}
-    student = build_model(cfg.model.name, num_classes=num_classes, pretrained=cfg.model.pretrained or None,
-                          **cfg.model.kwargs).to(device)
+    student = build_model(
+        cfg.model.name, num_classes=num_classes, pretrained=cfg.model.pretrained or None, **cfg.model.kwargs
+    ).to(device)
     if device.type == "cuda" and cfg.train.channels_last:
         student = student.to(memory_format=torch.channels_last)
     teacher = copy.deepcopy(student).requires_grad_(False)
@@ -191,8 +203,17 @@ def build_run(cfg: Config, data: TrainData, device: torch.device) -> tuple[Run, 
     heads = {f"{n}.{k}": mod.to(device) for n, m in methods.items() for k, mod in m.modules().items()}
     optimizer = O.build_optimizer(O.param_groups(student, heads, cfg.optim), cfg.optim)
     cfg.methods = {**cfg.methods, **resolved_options(list(methods.values()))}  # cfg is train()'s own copy
-    run = Run(student=student, teacher=teacher, optimizer=optimizer, heads=heads, methods=methods, data=data,
-              device=device, model_spec=spec, config_dict=to_dict(cfg))
+    run = Run(
+        student=student,
+        teacher=teacher,
+        optimizer=optimizer,
+        heads=heads,
+        methods=methods,
+        data=data,
+        device=device,
+        model_spec=spec,
+        config_dict=to_dict(cfg),
+    )
     return run, stages
 
 
@@ -254,10 +275,15 @@ def skip_step(run: Run, buffers: list[torch.Tensor], it: int, out: Path, why: st
     if dist.is_main():
         tqdm.write(f"iteration {it}: {why}; step skipped (weights, BatchNorm statistics, teacher unchanged)")
     if run.bad_in_a_row >= MAX_BAD_STEPS:
-        held = (f"{out / 'last.pt'} holds iteration {run.saved_at}, whose tensors are all finite"
-                if run.saved_at is not None else "no last.pt was written")
-        raise NonFiniteLoss(f"{MAX_BAD_STEPS} consecutive steps with a non-finite loss or gradient up to iteration "
-                            f"{it}: lower optim.lr or check the data; {held}")
+        held = (
+            f"{out / 'last.pt'} holds iteration {run.saved_at}, whose tensors are all finite"
+            if run.saved_at is not None
+            else "no last.pt was written"
+        )
+        raise NonFiniteLoss(
+            f"{MAX_BAD_STEPS} consecutive steps with a non-finite loss or gradient up to iteration "
+            f"{it}: lower optim.lr or check the data; {held}"
+        )
     return math.nan
 
 
@@ -277,11 +303,17 @@ def make_step(run: Run, cfg: Config, it: int, src: dict, tgt: dict | None, amp) 
     # The models' own randomness (MiT stochastic depth, dropout) draws from the global RNG, which DataLoader
     # iterators also consume at points that differ after a resume: seed it per step like the other streams.
     torch.manual_seed(int(np.random.SeedSequence([cfg.train.seed, it, dist.rank(), 1]).generate_state(1)[0]))
-    return Step(iteration=it, source_image=src["image"].to(device, non_blocking=True),
-                source_label=src["label"].to(device, non_blocking=True),
-                target_image=None if tgt is None else tgt["image"].to(device, non_blocking=True),
-                generator=step_generator(cfg.train.seed, it, dist.rank()),
-                student=run.student, teacher=run.teacher, amp=amp, compute_dtype=amp_dtype(cfg, device))
+    return Step(
+        iteration=it,
+        source_image=src["image"].to(device, non_blocking=True),
+        source_label=src["label"].to(device, non_blocking=True),
+        target_image=None if tgt is None else tgt["image"].to(device, non_blocking=True),
+        generator=step_generator(cfg.train.seed, it, dist.rank()),
+        student=run.student,
+        teacher=run.teacher,
+        amp=amp,
+        compute_dtype=amp_dtype(cfg, device),
+    )
 
 
 @dataclass
@@ -301,8 +333,9 @@ def loop(run: Run, cfg: Config, stages: list[Stage], out: Path, stop_after: int 
     from udaseg.kernels import use_impl
 
     params = [p for g in run.optimizer.param_groups for p in g["params"]]
-    bar = tqdm(total=stages[-1].end, initial=run.iteration, disable=not dist.is_main(), dynamic_ncols=True,
-               desc="train")
+    bar = tqdm(
+        total=stages[-1].end, initial=run.iteration, disable=not dist.is_main(), dynamic_ncols=True, desc="train"
+    )
     log = MetricLog(out / "metrics.jsonl", cfg.data.batch_size * dist.world_size())
     with StopFlag() as stop, use_impl(cfg.train.kernels):
         tools = LoopTools(amp_context(cfg, run.device), params, bar, log, stop, stop_after)
@@ -318,13 +351,15 @@ def loop(run: Run, cfg: Config, stages: list[Stage], out: Path, stop_after: int 
 def run_stage(run: Run, cfg: Config, stage: Stage, out: Path, tools: LoopTools) -> bool:
     """The stage's iterations from run.iteration; True when stopped (last.pt written), False at its end."""
     begin = max(run.iteration, stage.start)
-    src_it, tgt_it = streams(cfg, run.data, begin, stage.end, dist.rank(), run.device.type == "cuda",
-                             target=stage.uses_target_images)
+    src_it, tgt_it = streams(
+        cfg, run.data, begin, stage.end, dist.rank(), run.device.type == "cuda", target=stage.uses_target_images
+    )
     if stage.name == "adapt" and not run.history.before_recorded:
         record_before(run, cfg, out, begin)  # no warm-up stage in this run: "before" = initial model
     for it in range(begin, stage.end):
-        lr = O.set_lr(run.optimizer, O.lr_factor(it - stage.start, stage.length, cfg.optim.warmup_iters,
-                                                 cfg.optim.poly_power))
+        lr = O.set_lr(
+            run.optimizer, O.lr_factor(it - stage.start, stage.length, cfg.optim.warmup_iters, cfg.optim.poly_power)
+        )
         step = make_step(run, cfg, it, next(src_it), tgt := next(tgt_it), tools.amp)
         buffers = snapshot_buffers(run)  # the forward passes update BatchNorm statistics
         losses = train_step(step, stage.methods)
@@ -353,8 +388,9 @@ def run_stage(run: Run, cfg: Config, stage: Stage, out: Path, tools: LoopTools) 
             if run.saved_at != run.iteration:
                 save(run, out)
             if stopping and dist.is_main():
-                tqdm.write(f"stopped at iteration {run.iteration}: {out / 'last.pt'} holds the run "
-                           f"(continue with --resume)")
+                tqdm.write(
+                    f"stopped at iteration {run.iteration}: {out / 'last.pt'} holds the run (continue with --resume)"
+                )
             return True
     return False
 
@@ -387,8 +423,7 @@ def record_before(run: Run, cfg: Config, out: Path, iteration: int) -> None:
     if dist.is_main() and run.data.val is not None:
         result = eval_teacher(run, cfg, full=True)
         run.history.before = result
-        run.history.before_samples = viz.sample_predictions(run.teacher, run.data.val, cfg.train.samples,
-                                                            run.device)
+        run.history.before_samples = viz.sample_predictions(run.teacher, run.data.val, cfg.train.samples, run.device)
         append_jsonl(out / "metrics.jsonl", {"iter": iteration, "stage": "eval", "miou": result["miou"]})
         tqdm.write(f"before adaptation: target mIoU {result['miou']:.2f}")
     dist.barrier()
@@ -399,15 +434,22 @@ def save(run: Run, out: Path) -> None:
     """last.pt at run.iteration (rank 0), only if every tensor in it is finite: else the previous last.pt stays.
 
     Every rank checks its own (identical) state and they agree, so a refusal stops all of them."""
-    bad = non_finite({"model": run.student.state_dict(), "teacher": run.teacher.state_dict(),
-                      "optimizer": run.optimizer.state_dict()["state"],
-                      "heads": {k: m.state_dict() for k, m in run.heads.items()},
-                      "methods": {k: m.state_dict() for k, m in run.methods.items()}})
+    bad = non_finite(
+        {
+            "model": run.student.state_dict(),
+            "teacher": run.teacher.state_dict(),
+            "optimizer": run.optimizer.state_dict()["state"],
+            "heads": {k: m.state_dict() for k, m in run.heads.items()},
+            "methods": {k: m.state_dict() for k, m in run.methods.items()},
+        }
+    )
     if any(dist.any_flags(bool(bad))):
         held = f"holds iteration {run.saved_at}" if run.saved_at is not None else "was not written"
-        raise NonFiniteLoss(f"iteration {run.iteration}: the training state is no longer finite ({len(bad)} tensors"
-                            f"{', e.g. ' + ', '.join(bad[:3]) if bad else ' on another rank'}): lower optim.lr; "
-                            f"{out / 'last.pt'} {held}")
+        raise NonFiniteLoss(
+            f"iteration {run.iteration}: the training state is no longer finite ({len(bad)} tensors"
+            f"{', e.g. ' + ', '.join(bad[:3]) if bad else ' on another rank'}): lower optim.lr; "
+            f"{out / 'last.pt'} {held}"
+        )
     if dist.is_main():
         save_checkpoint(out / "last.pt", checkpoint_payload(run, run.iteration))
     run.saved_at = run.iteration
@@ -423,15 +465,23 @@ def finish(run: Run, cfg: Config, stages: list[Stage], out: Path) -> dict:
         if after:
             append_jsonl(out / "metrics.jsonl", {"iter": end, "stage": "eval", "miou": after["miou"]})
         before = run.history.before
-        result = {"miou": after["miou"] if after else None, "per_class": after["per_class"] if after else None,
-                  "protocol": cfg.data.protocol, "method": cfg.train.method, "iterations": end, "before": before,
-                  "evaluated": after is not None, "wall_time_s": elapsed(run),
-                  "peak_memory_mb": peak_memory_mb(run.device)}
+        result = {
+            "miou": after["miou"] if after else None,
+            "per_class": after["per_class"] if after else None,
+            "protocol": cfg.data.protocol,
+            "method": cfg.train.method,
+            "iterations": end,
+            "before": before,
+            "evaluated": after is not None,
+            "wall_time_s": elapsed(run),
+            "peak_memory_mb": peak_memory_mb(run.device),
+        }
         result["unsupervised"] = run.monitor.finish(end, run)  # selection, collapse warnings, pseudo_labels.png
         write_json(out / "final.json", result)
         payload = checkpoint_payload(run, end)
-        save_checkpoint(out / "final.pt", {k: payload[k] for k in ("teacher", "model", "config", "model_spec",
-                                                                   "iteration")})
+        save_checkpoint(
+            out / "final.pt", {k: payload[k] for k in ("teacher", "model", "config", "model_spec", "iteration")}
+        )
         viz.curves(out / "metrics.jsonl", out / "curves.png")
         if after:
             after_samples = viz.sample_predictions(run.teacher, run.data.val, cfg.train.samples, run.device)
@@ -439,8 +489,7 @@ def finish(run: Run, cfg: Config, stages: list[Stage], out: Path) -> dict:
             print(summary_table(before, after, stages, cfg))
         else:
             print(f"trained {end} iterations without evaluation (train.evaluate=false / --no-eval)")
-        print(f"run folder: {out}  (final.json, final.pt, metrics.jsonl, curves.png"
-              f"{', samples.png' if after else ''})")
+        print(f"run folder: {out}  (final.json, final.pt, metrics.jsonl, curves.png{', samples.png' if after else ''})")
     dist.barrier()
     return result
 
@@ -450,8 +499,13 @@ def summary_table(before: dict | None, after: dict, stages: list[Stage], cfg: Co
     head = f"target mIoU ({cfg.data.protocol} classes)"
     lines.append(f"\n{'':<34}{head}")
     if before:
-        start = (f"{stages[0].spec} warm-up" if stages[0].name == "warmup"
-                 else f"from {Path(cfg.train.init).name}" if cfg.train.init else "initial weights")
+        start = (
+            f"{stages[0].spec} warm-up"
+            if stages[0].name == "warmup"
+            else f"from {Path(cfg.train.init).name}"
+            if cfg.train.init
+            else "initial weights"
+        )
         lines.append(f"{'before: ' + start:<34}{before['miou']:>8.2f}")
     delta = f"  ({after['miou'] - before['miou']:+.2f})" if before else ""
     lines.append(f"{'after: ' + cfg.train.method:<34}{after['miou']:>8.2f}{delta}")
@@ -468,8 +522,11 @@ def check_data(cfg: Config) -> int:
 # ----------------------------------------------------------------------------- CLI
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m udaseg.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", help="YAML file of values that differ from the defaults (udaseg/config.py), or the "
-                   "name of one in udaseg/configs")
+    p.add_argument(
+        "--config",
+        help="YAML file of values that differ from the defaults (udaseg/config.py), or the "
+        "name of one in udaseg/configs",
+    )
     p.add_argument("--source", help="labelled source NAME[:ROOT]: gta5, synthia, cityscapes, folder, synthetic")
     p.add_argument("--target", help="unlabelled target dataset NAME[:ROOT]")
     p.add_argument("--method", help="plug-ins joined by '+': source_only, self_training, dida, cpsl, ...")
@@ -504,9 +561,17 @@ def shipped_config(name: str) -> Path:
     return shipped
 
 
-FLAG_KEYS = {"source": "data.source", "target": "data.target", "method": "train.method", "warmup": "train.warmup",
-             "iters": "train.iters", "warmup_iters": "train.warmup_iters", "kernels": "train.kernels",
-             "device": "train.device", "seed": "train.seed"}
+FLAG_KEYS = {
+    "source": "data.source",
+    "target": "data.target",
+    "method": "train.method",
+    "warmup": "train.warmup",
+    "iters": "train.iters",
+    "warmup_iters": "train.warmup_iters",
+    "kernels": "train.kernels",
+    "device": "train.device",
+    "seed": "train.seed",
+}
 
 
 def _main(argv: list[str]) -> int:

@@ -57,8 +57,9 @@ def png16(array: np.ndarray, filters: tuple[int, ...] = (0,)) -> bytes:
 
     color_type = {1: 0, 2: 4, 3: 2, 4: 6}[c]
     ihdr = struct.pack(">IIBBBBB", w, h, 16, color_type, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"".join(out)))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"".join(out))) + chunk(b"IEND", b"")
+    )
 
 
 def make_gta5(root: Path, n: int = 3, seed: int = 0) -> list[np.ndarray]:
@@ -114,8 +115,9 @@ def make_folder(root: Path, n: int = 3, seed: int = 0, yaml_text: str | None = N
     """Images + masks + classes.yaml mapping mask values 0..3 and 255."""
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
-    (root / "classes.yaml").write_text(yaml_text or "classes:\n  0: road\n  1: car\n  2: 10\n  3: ignore\n"
-                                       "  255: ignore\n")
+    (root / "classes.yaml").write_text(
+        yaml_text or "classes:\n  0: road\n  1: car\n  2: 10\n  3: ignore\n  255: ignore\n"
+    )
     masks = []
     for i in range(n):
         save_png(root / "images" / f"img{i}.png", rgb(rng))
@@ -159,8 +161,13 @@ def make_darkzurich(root: Path, seed: int = 0) -> dict[str, np.ndarray]:
     night x1. Returns {image path: train-id label} of the val frames."""
     rng = np.random.default_rng(seed)
     labels = {}
-    for split, time, n in (("train", "night", 2), ("train", "twilight", 1), ("train", "day", 1), ("val", "night", 2),
-                           ("test", "night", 1)):
+    for split, time, n in (
+        ("train", "night", 2),
+        ("train", "twilight", 1),
+        ("train", "day", 1),
+        ("val", "night", 2),
+        ("test", "night", 1),
+    ):
         for k in range(n):
             seq = f"GOPR03{k}{len(time)}"
             stem = f"{seq}_frame_{k:06d}"
@@ -190,8 +197,9 @@ def make_bdd100k(root: Path, seed: int = 0) -> dict[str, np.ndarray]:
     return labels
 
 
-def make_mapillary(root: Path, version: str = "v1.2", names=None, legacy: bool = False,
-                   seed: int = 0) -> dict[str, np.ndarray]:
+def make_mapillary(
+    root: Path, version: str = "v1.2", names=None, legacy: bool = False, seed: int = 0
+) -> dict[str, np.ndarray]:
     """Mapillary Vistas tree (training x2, validation x1, testing x1) with palette-PNG labels of `version` and its
     config JSON (class list `names`, default the published one). `legacy`: v1.2 labels in <split>/labels/.
     Returns {image path: raw label values}."""
@@ -202,9 +210,16 @@ def make_mapillary(root: Path, version: str = "v1.2", names=None, legacy: bool =
     rng = np.random.default_rng(seed)
     names = list(names or CLASSES[version])
     (root).mkdir(parents=True, exist_ok=True)
-    (root / f"config_{version}.json").write_text(json.dumps(
-        {"labels": [{"name": n, "readable": n, "color": [0, 0, 0], "instances": False, "evaluate": True}
-                    for n in names], "version": version}))
+    (root / f"config_{version}.json").write_text(
+        json.dumps(
+            {
+                "labels": [
+                    {"name": n, "readable": n, "color": [0, 0, 0], "instances": False, "evaluate": True} for n in names
+                ],
+                "version": version,
+            }
+        )
+    )
     labels = {}
     for split, n in (("training", 2), ("validation", 1), ("testing", 1)):
         for k in range(n):

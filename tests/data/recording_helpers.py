@@ -29,16 +29,19 @@ def mosaic(rgb: np.ndarray, pattern: str) -> np.ndarray:
 def encode(store, image: np.ndarray, encoding: str, stamp: int, frame_id: str):
     """A sensor_msgs Image (raw encodings) or CompressedImage ('jpeg', 'png') message of an RGB image."""
     t = store.types
-    header = t["std_msgs/msg/Header"](stamp=t["builtin_interfaces/msg/Time"](sec=stamp // 10**9,
-                                                                             nanosec=stamp % 10**9), frame_id=frame_id)
+    header = t["std_msgs/msg/Header"](
+        stamp=t["builtin_interfaces/msg/Time"](sec=stamp // 10**9, nanosec=stamp % 10**9), frame_id=frame_id
+    )
     if encoding in ("jpeg", "png") and image is None:  # a damaged message: the stream must go on after it
-        return t["sensor_msgs/msg/CompressedImage"](header=header, format=encoding,
-                                                    data=np.frombuffer(b"not an image", np.uint8))
+        return t["sensor_msgs/msg/CompressedImage"](
+            header=header, format=encoding, data=np.frombuffer(b"not an image", np.uint8)
+        )
     if encoding in ("jpeg", "png"):
         buf = io.BytesIO()
         Image.fromarray(image).save(buf, format=encoding.upper(), **({"quality": 95} if encoding == "jpeg" else {}))
-        return t["sensor_msgs/msg/CompressedImage"](header=header, format=encoding,
-                                                    data=np.frombuffer(buf.getvalue(), np.uint8))
+        return t["sensor_msgs/msg/CompressedImage"](
+            header=header, format=encoding, data=np.frombuffer(buf.getvalue(), np.uint8)
+        )
     if encoding == "bgr8":
         pixels = image[..., ::-1]
     elif encoding == "mono8":
@@ -48,8 +51,15 @@ def encode(store, image: np.ndarray, encoding: str, stamp: int, frame_id: str):
     else:  # rgb8, and any encoding a test wants to see refused
         pixels = image
     data = np.ascontiguousarray(pixels).reshape(-1)
-    return t["sensor_msgs/msg/Image"](header=header, height=image.shape[0], width=image.shape[1], encoding=encoding,
-                                      is_bigendian=0, step=data.size // image.shape[0], data=data)
+    return t["sensor_msgs/msg/Image"](
+        header=header,
+        height=image.shape[0],
+        width=image.shape[1],
+        encoding=encoding,
+        is_bigendian=0,
+        step=data.size // image.shape[0],
+        data=data,
+    )
 
 
 def expected(image: np.ndarray, encoding: str) -> np.ndarray:
@@ -57,9 +67,15 @@ def expected(image: np.ndarray, encoding: str) -> np.ndarray:
     return np.repeat(image[..., :1], 3, axis=2) if encoding == "mono8" else image
 
 
-def write_bag(path: Path, topics: dict[str, tuple[str, list[np.ndarray]]], storage: str = "mcap",
-              start: int = 1_700_000_000_000_000_000, period: int = 100_000_000, extra_string_topic: bool = True,
-              zstd: bool = False):
+def write_bag(
+    path: Path,
+    topics: dict[str, tuple[str, list[np.ndarray]]],
+    storage: str = "mcap",
+    start: int = 1_700_000_000_000_000_000,
+    period: int = 100_000_000,
+    extra_string_topic: bool = True,
+    zstd: bool = False,
+):
     """A bag folder (rosbags' layout) with one topic per entry {topic: (encoding, images)}; frame i of every topic
     has header stamp start + i * period + 7 and receive time start + i * period; frame ids 'cam<topic idx>_<i>'.
     `zstd`: compressed MCAP chunks.
@@ -79,16 +95,18 @@ def write_bag(path: Path, topics: dict[str, tuple[str, list[np.ndarray]]], stora
     with writer:
         if extra_string_topic:
             conn = writer.add_connection("/diagnostics", "std_msgs/msg/String", typestore=store)
-            writer.write(conn, start, store.serialize_cdr(store.types["std_msgs/msg/String"](data="ok"),
-                                                          "std_msgs/msg/String"))
+            writer.write(
+                conn, start, store.serialize_cdr(store.types["std_msgs/msg/String"](data="ok"), "std_msgs/msg/String")
+            )
         for k, (topic, (encoding, images)) in enumerate(topics.items()):
             msgtype = "sensor_msgs/msg/CompressedImage" if encoding in ("jpeg", "png") else "sensor_msgs/msg/Image"
             conn = writer.add_connection(topic, msgtype, typestore=store)
             truth[topic] = []
             for i, image in enumerate(images):
                 stamp, log_time, frame_id = start + i * period + 7, start + i * period, f"cam{k}_{i}"
-                writer.write(conn, log_time, store.serialize_cdr(encode(store, image, encoding, stamp, frame_id),
-                                                                 msgtype))
+                writer.write(
+                    conn, log_time, store.serialize_cdr(encode(store, image, encoding, stamp, frame_id), msgtype)
+                )
                 truth[topic].append((stamp, log_time, frame_id))
     return truth
 
@@ -120,5 +138,7 @@ def write_video(path: Path, images: list[np.ndarray], fps: int = 10, codec: str 
 def smooth(n: int, h: int = 32, w: int = 48) -> list[np.ndarray]:
     """Frames that survive lossy coding well (gradients that move): for video and jpeg value checks."""
     y, x = np.mgrid[0:h, 0:w]
-    return [np.stack([(x * 4 + i * 9) % 256, (y * 6 + i * 5) % 256, np.full_like(x, 40 + 20 * i)], -1)
-            .astype(np.uint8) for i in range(n)]
+    return [
+        np.stack([(x * 4 + i * 9) % 256, (y * 6 + i * 5) % 256, np.full_like(x, 40 + 20 * i)], -1).astype(np.uint8)
+        for i in range(n)
+    ]

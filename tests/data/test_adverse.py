@@ -27,8 +27,9 @@ def test_acdc_conditions_splits_and_labels(tmp_path):
     assert len(train) == 8 and train.name == "acdc"
     _labels_match(train, {k: v for k, v in labels.items() if "/train/" in k})
     night = build_dataset(f"acdc:{tmp_path}", split="val", conditions=["night"])
-    assert len(night) == 1 and "/night/val/" in night.files[0][0] and night.files[0][1].endswith(
-        "_gt_labelTrainIds.png")
+    assert (
+        len(night) == 1 and "/night/val/" in night.files[0][0] and night.files[0][1].endswith("_gt_labelTrainIds.png")
+    )
     _labels_match(night, {k: v for k, v in labels.items() if "/night/val/" in k})
     test = build_dataset(f"acdc:{tmp_path}", split="test")
     assert len(test) == 4 and not test.labelled and "gt/fog/test" in test.unlabelled_reason
@@ -38,8 +39,11 @@ def test_acdc_conditions_splits_and_labels(tmp_path):
 
 def test_acdc_bad_inputs(tmp_path):
     make_acdc(tmp_path, conditions=("fog",))
-    with pytest.raises(DatasetError, match=r"(?s)no \*/\*_rgb_anon.png files in .*rgb_anon/night/train.*does not "
-                                           r"exist.*Expected layout"):
+    with pytest.raises(
+        DatasetError,
+        match=r"(?s)no \*/\*_rgb_anon.png files in .*rgb_anon/night/train.*does not "
+        r"exist.*Expected layout",
+    ):
         build_dataset(f"acdc:{tmp_path}", conditions=["night"])  # a condition that was not unpacked
     with pytest.raises(DatasetError, match=r"conditions=\['haze'\].*fog.*\['haze'\] are not among them"):
         build_dataset(f"acdc:{tmp_path}", conditions=["haze"])
@@ -84,15 +88,28 @@ def test_mapillary_versions_map_to_cityscapes(tmp_path, version, legacy):
     raw = make_mapillary(tmp_path, version, legacy=legacy)
     names = CLASSES[version]
     # the mapping by name, written out for the classes whose train id a reader would check first
-    expected_by_name = {"construction--flat--road": "road", "construction--barrier--curb": "sidewalk",
-                        "nature--sky": "sky", "object--vehicle--car": "car", "object--vehicle--on-rails": "train",
-                        "human--rider--motorcyclist": "rider", "object--support--utility-pole": "pole",
-                        "construction--flat--parking": None, "void--unlabeled": None, "object--vehicle--caravan": None,
-                        "object--traffic-sign--back": None}
-    expected_by_name.update({"marking--discrete--stop-line": "road", "human--person--person-group": "person",
-                             "object--traffic-light--pedestrians": "traffic light"} if version == "v2.0" else
-                            {"marking--general": "road", "human--person": "person",
-                             "object--traffic-light": "traffic light"})
+    expected_by_name = {
+        "construction--flat--road": "road",
+        "construction--barrier--curb": "sidewalk",
+        "nature--sky": "sky",
+        "object--vehicle--car": "car",
+        "object--vehicle--on-rails": "train",
+        "human--rider--motorcyclist": "rider",
+        "object--support--utility-pole": "pole",
+        "construction--flat--parking": None,
+        "void--unlabeled": None,
+        "object--vehicle--caravan": None,
+        "object--traffic-sign--back": None,
+    }
+    expected_by_name.update(
+        {
+            "marking--discrete--stop-line": "road",
+            "human--person--person-group": "person",
+            "object--traffic-light--pedestrians": "traffic light",
+        }
+        if version == "v2.0"
+        else {"marking--general": "road", "human--person": "person", "object--traffic-light": "traffic light"}
+    )
     table = np.full(256, 255)
     for name, cs in expected_by_name.items():
         table[names.index(name)] = 255 if cs is None else CLASS_NAMES.index(cs)
@@ -137,9 +154,15 @@ def make_acdc_all(root):
     return make_acdc(root, conditions=("fog", "night", "rain", "snow"))
 
 
-@pytest.mark.parametrize("maker, spec, split", [(make_acdc_all, "acdc", "val"), (make_darkzurich, "darkzurich", "val"),
-                                                (make_bdd100k, "bdd100k", "val"),
-                                                (make_mapillary, "mapillary", "val")])
+@pytest.mark.parametrize(
+    "maker, spec, split",
+    [
+        (make_acdc_all, "acdc", "val"),
+        (make_darkzurich, "darkzurich", "val"),
+        (make_bdd100k, "bdd100k", "val"),
+        (make_mapillary, "mapillary", "val"),
+    ],
+)
 def test_same_bad_input_rules(tmp_path, maker, spec, split):
     """Truncated images and label/image size mismatches are named by the check, like the other loaders'."""
     maker(tmp_path)

@@ -21,8 +21,10 @@ def test_summary_and_counts(tmp_path):
     ds = build_dataset(f"gta5:{tmp_path}", role="source")
     report = check(ds)
     present = sorted({int(v) for r in raw for v in CITYSCAPES_LUT[r].ravel() if v < 19})
-    assert report.summary() == (f"source gta5:{tmp_path} (split train): 3 pairs, all readable, sizes match, "
-                                f"{len(present)} of 19 classes present")
+    assert report.summary() == (
+        f"source gta5:{tmp_path} (split train): 3 pairs, all readable, sizes match, "
+        f"{len(present)} of 19 classes present"
+    )
     assert report.classes_present == present
     counts, pixels = compute_counts(ds, workers=1)
     np.testing.assert_array_equal(report.counts, counts)
@@ -38,8 +40,11 @@ def test_unlabelled_cityscapes_val_is_refused_naming_gtfine(tmp_path):
     (tmp_path / "gtFine").rename(tmp_path / "gtFine_elsewhere")
     val = build_dataset(f"cityscapes:{tmp_path}", split="val")
     assert val.labelled is False
-    with pytest.raises(DataError, match=r"val dataset cityscapes:.*has no labels: .*gtFine/val does not exist; "
-                                        r"evaluation needs labels.*--no-eval"):
+    with pytest.raises(
+        DataError,
+        match=r"val dataset cityscapes:.*has no labels: .*gtFine/val does not exist; "
+        r"evaluation needs labels.*--no-eval",
+    ):
         check(val, "val")
     assert "labels not needed" in check(val, "target", labels=False).summary()  # fine as target images
 
@@ -48,8 +53,11 @@ def test_folder_without_masks_as_source_names_the_folder(tmp_path):
     """Issue case 8: it loaded as unlabelled and ended in a rare-class-sampling message."""
     make_folder(tmp_path)
     (tmp_path / "masks").rename(tmp_path / "masks_old")
-    with pytest.raises(DataError, match=rf"source dataset folder:{tmp_path} .*has no labels: {tmp_path}/masks does "
-                                        r"not exist\. The source domain must be labelled"):
+    with pytest.raises(
+        DataError,
+        match=rf"source dataset folder:{tmp_path} .*has no labels: {tmp_path}/masks does "
+        r"not exist\. The source domain must be labelled",
+    ):
         build_dataset(f"folder:{tmp_path}", role="source")
     target = build_dataset(f"folder:{tmp_path}", role="target")
     with pytest.raises(DataError, match=rf"{tmp_path}/masks does not exist; the source domain must be labelled"):
@@ -62,8 +70,11 @@ def test_all_ignore_source_is_refused(tmp_path):
     for i in range(2):
         save_png(tmp_path / "labels" / f"{i:05d}.png", np.full((H, W), (0, 77)[i]))  # unlabeled / undefined
     ds = build_dataset(f"gta5:{tmp_path}", role="source")
-    with pytest.raises(DataError, match=r"every pixel of its 2 label files is ignore \(255\) or a value the format "
-                                        r"does not define \(240 such pixels\)"):
+    with pytest.raises(
+        DataError,
+        match=r"every pixel of its 2 label files is ignore \(255\) or a value the format "
+        r"does not define \(240 such pixels\)",
+    ):
         check(ds)
 
 
@@ -97,8 +108,11 @@ def test_truncated_jpeg_found_without_decoding(tmp_path):
 def test_target_labels_are_not_read_and_unknown_values_reported(tmp_path):
     make_gta5(tmp_path, n=2)
     (tmp_path / "labels" / "00001.png").write_bytes(b"junk")
-    assert check(build_dataset(f"gta5:{tmp_path}"), "target", labels=False).summary().endswith(
-        "2 images, all readable (labels not needed)")
+    assert (
+        check(build_dataset(f"gta5:{tmp_path}"), "target", labels=False)
+        .summary()
+        .endswith("2 images, all readable (labels not needed)")
+    )
     lbl = np.full((H, W), 7)
     lbl[0, :5] = 77
     save_png(tmp_path / "labels" / "00001.png", lbl)
@@ -111,8 +125,10 @@ def test_empty_dataset(tmp_path):
         check(SegDataset([], name="t", root=str(tmp_path), split="val", lut=TRAINID_LUT), "val")
 
 
-@pytest.mark.parametrize("key, value", [("images", "../outside"), ("masks", "../outside"), ("images", "{abs}"),
-                                        ("masks", "sub/../../outside")])
+@pytest.mark.parametrize(
+    "key, value",
+    [("images", "../outside"), ("masks", "../outside"), ("images", "{abs}"), ("masks", "sub/../../outside")],
+)
 def test_folder_paths_stay_inside_root(tmp_path, key, value):
     """Issue case 9: classes.yaml could point outside ROOT, and the error listed that folder's contents."""
     outside = tmp_path / "outside"
@@ -129,8 +145,11 @@ def test_folder_paths_stay_inside_root(tmp_path, key, value):
 
 
 def test_folder_subfolder_names_inside_root_still_work(tmp_path):
-    make_folder(tmp_path / "ds", yaml_text="classes:\n  0: road\n  1: car\n  2: sky\n  3: ignore\n  255: ignore\n"
-                                           "images: ./images\nmasks: masks\n")
+    make_folder(
+        tmp_path / "ds",
+        yaml_text="classes:\n  0: road\n  1: car\n  2: sky\n  3: ignore\n  255: ignore\n"
+        "images: ./images\nmasks: masks\n",
+    )
     assert build_dataset(f"folder:{tmp_path / 'ds'}", role="source").labelled
 
 
@@ -141,7 +160,12 @@ def test_datasets_without_image_files_check_through_verify_item(tmp_path):
                 raise DataError("bag drive.mcap, topic /cam: frame 1 cannot be decoded")
             return (H, W)
 
-    ds = Frames([("drive.mcap#0", None), ("drive.mcap#1", None)], name="rosbag", root="drive.mcap", split="train",
-                lut=TRAINID_LUT)
+    ds = Frames(
+        [("drive.mcap#0", None), ("drive.mcap#1", None)],
+        name="rosbag",
+        root="drive.mcap",
+        split="train",
+        lut=TRAINID_LUT,
+    )
     with pytest.raises(DataError, match=r"1 of 2 pairs cannot be used:\n  bag drive.mcap, topic /cam: frame 1"):
         check(ds, "target", labels=False)

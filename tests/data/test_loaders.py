@@ -76,8 +76,11 @@ def test_folder_yaml(tmp_path):
 
 
 def test_folder_custom_taxonomy_and_unlabelled(tmp_path):
-    make_folder(tmp_path, yaml_text="class_names: [background, crack]\nclasses:\n  0: background\n  1: crack\n"
-                                    "  2: ignore\n  3: crack\n  255: ignore\n")
+    make_folder(
+        tmp_path,
+        yaml_text="class_names: [background, crack]\nclasses:\n  0: background\n  1: crack\n"
+        "  2: ignore\n  3: crack\n  255: ignore\n",
+    )
     ds = build_dataset(f"folder:{tmp_path}")
     assert ds.num_classes == 2 and ds.class_names == ("background", "crack")
     assert set(ds[0]["label"].unique().tolist()) <= {0, 1, 255}
@@ -85,10 +88,15 @@ def test_folder_custom_taxonomy_and_unlabelled(tmp_path):
     assert build_dataset(f"folder:{tmp_path}").files[0][1] is None  # unlabelled target data
 
 
-@pytest.mark.parametrize("text, match", [("classes: {}\n", "non-empty 'classes'"),
-                                         ("classes:\n  0: lorry\n", "'lorry' is not one of"),
-                                         ("classes:\n  x: road\n", "not an integer"),
-                                         ("classes: [\n", "not valid YAML")])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("classes: {}\n", "non-empty 'classes'"),
+        ("classes:\n  0: lorry\n", "'lorry' is not one of"),
+        ("classes:\n  x: road\n", "not an integer"),
+        ("classes: [\n", "not valid YAML"),
+    ],
+)
 def test_folder_bad_yaml(tmp_path, text, match):
     make_folder(tmp_path, yaml_text=text)
     with pytest.raises(DatasetError, match=match):
@@ -131,13 +139,16 @@ def test_unknown_label_values_warn_once_with_count(tmp_path):
     assert ds.unknown_pixels == 7 and (a[0, :3] == 255).all() and (b[0, :4] == 255).all()
 
 
-@pytest.mark.parametrize("spec, match", [
-    ("gta5:{root}/nothere", r"(?s)root folder is missing.*Expected layout:\n.*images/"),
-    ("gta5:{root}", r"Expected layout"),
-    ("synthia:{root}", r"GT/LABELS"),
-    ("cityscapes:{root}", r"leftImg8bit/<split>/<city>"),
-    ("folder:{root}", r"classes.yaml is missing"),
-])
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ("gta5:{root}/nothere", r"(?s)root folder is missing.*Expected layout:\n.*images/"),
+        ("gta5:{root}", r"Expected layout"),
+        ("synthia:{root}", r"GT/LABELS"),
+        ("cityscapes:{root}", r"leftImg8bit/<split>/<city>"),
+        ("folder:{root}", r"classes.yaml is missing"),
+    ],
+)
 def test_empty_or_misnamed_folder_shows_layout(tmp_path, spec, match):
     (tmp_path / "Images").mkdir()  # misnamed
     with pytest.raises(DatasetError, match=match):

@@ -99,8 +99,11 @@ def test_bayer_demosaic(encoding, tmp_path):
 
 def test_wrong_topic_lists_the_image_topics(bag):
     path, _, _ = bag
-    with pytest.raises(RecordingError, match=r"no topic '/cam/front'; image topics in this bag: /cam/bgr8 \(Image\)"
-                       r".*/cam/jpeg \(CompressedImage\)") as e:
+    with pytest.raises(
+        RecordingError,
+        match=r"no topic '/cam/front'; image topics in this bag: /cam/bgr8 \(Image\)"
+        r".*/cam/jpeg \(CompressedImage\)",
+    ) as e:
         build_dataset(f"rosbag:{path}:/cam/front")
     assert str(path) in str(e.value)
     with pytest.raises(RecordingError, match="/diagnostics holds std_msgs/msg/String, not sensor_msgs/Image"):
@@ -115,8 +118,11 @@ def test_unsupported_encoding_names_file_topic_and_frame(tmp_path):
     path = tmp_path / "depth"
     write_bag(path, {"/depth": ("16UC1", frames(2))}, storage="db3")
     ds = build_dataset(f"rosbag:{path}:/depth")
-    with pytest.raises(RecordingError, match=r"depth topic /depth frame 1: unsupported encoding '16UC1'; supported: "
-                       r"rgb8, bgr8"):
+    with pytest.raises(
+        RecordingError,
+        match=r"depth topic /depth frame 1: unsupported encoding '16UC1'; supported: "
+        r"rgb8, bgr8",
+    ):
         ds[1]
     bad = list(BagSource(path, "/depth").stream(Subsample()))
     assert all(isinstance(f, BadFrame) and "16UC1" in f.reason for f in bad) and len(bad) == 2

@@ -83,8 +83,9 @@ def test_inputs_sharing_a_stem_get_distinct_outputs(fp32_onnx, frames, tmp_path)
     Image.fromarray(a).save(inputs / "c.png")
     code, names = run(["--checkpoint", str(fp32_onnx), "--input", str(inputs), "--output", str(tmp_path / "out")])
     assert code == 0
-    assert names == sorted(f"{stem}_{kind}.png" for stem in ("a.bmp", "a.png", "a.png.bmp", "c")
-                           for kind in ("labels", "color"))
+    assert names == sorted(
+        f"{stem}_{kind}.png" for stem in ("a.bmp", "a.png", "a.png.bmp", "c") for kind in ("labels", "color")
+    )
     out = tmp_path / "out"
     read = lambda name: np.asarray(Image.open(out / name))  # noqa: E731
     assert np.array_equal(read("a.png_labels.png"), read("c_labels.png"))  # same picture, same class map

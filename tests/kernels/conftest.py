@@ -68,7 +68,6 @@ def assert_close():
     return check
 
 
-
 MEMORY_SCRIPT = textwrap.dedent(
     """
     import resource, torch

@@ -9,8 +9,15 @@ from udaseg.kernels import bank_topk, use_impl
 
 # (N, M, D, k): 1 x 1, primes, k = M, k not a power of two, more rows than one interpreter block (16 x 32), the
 # contract's D = 256. k > 64 takes the chunked path under impl="triton" (the running top-k lives in registers).
-SHAPES = [(1, 1, 1, 1), (67, 53, 37, 5), (70, 50, 40, 50), (13, 41, 3, 16), (5, 61, 8, 33), (9, 40, 256, 5),
-          (3, 80, 4, 70)]
+SHAPES = [
+    (1, 1, 1, 1),
+    (67, 53, 37, 5),
+    (70, 50, 40, 50),
+    (13, 41, 3, 16),
+    (5, 61, 8, 33),
+    (9, 40, 256, 5),
+    (3, 80, 4, 70),
+]
 
 
 def _data(n: int, m: int, d: int, dtype: torch.dtype, seed: int = 0):

@@ -86,8 +86,7 @@ def test_gradcheck_triton_float32(need_triton):
 def test_misuse_raises_value_error_naming_the_argument(key, value, name):
     features, labels = _data(6, 3, 4)
     args = {"features": features, "labels": labels, "num_classes": 4, "ignore_index": 255}
-    edits = {"int": features.long(), "1d": features[:, 0], "float": labels.float(), "short": labels[:-1],
-             "text": "255"}
+    edits = {"int": features.long(), "1d": features[:, 0], "float": labels.float(), "short": labels[:-1], "text": "255"}
     args[key] = edits[value] if isinstance(value, str) else value
     with pytest.raises(ValueError, match=name):
         class_feature_sums(**args)

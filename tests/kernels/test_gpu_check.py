@@ -18,8 +18,9 @@ SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 def _run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, **(env or {})}
     env.pop("WHEELS", None)
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300,
-                          cwd=ROOT, env=env)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300, cwd=ROOT, env=env
+    )
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU dry run; this machine has CUDA")
@@ -28,8 +29,12 @@ def test_stops_at_the_first_cuda_step_and_says_what_it_would_run(tmp_path):
     assert done.returncode == 3, done.stdout + done.stderr
     assert "=== install" in done.stdout, "the install/import check runs on any machine"
     assert "stop: step 'cuda'" in done.stderr and "needs a CUDA device" in done.stderr
-    for later in ("pytest -q -m gpu", "bench_kernels.py --device cuda", "bench_step.py --size paper",
-                  "udaseg.train --kernels triton --iters 300 --warmup-iters 0 --set train.amp=true"):
+    for later in (
+        "pytest -q -m gpu",
+        "bench_kernels.py --device cuda",
+        "bench_step.py --size paper",
+        "udaseg.train --kernels triton --iters 300 --warmup-iters 0 --set train.amp=true",
+    ):
         assert later in done.stderr, f"the stop message should list {later!r}"
     assert not list(tmp_path.iterdir()), "a stopped dry run writes no results"
 

@@ -120,11 +120,20 @@ def test_gradcheck_triton_float32(need_triton):
 )
 def test_misuse_raises_value_error_naming_the_argument(key, value, name):
     weak, strong, bank, labels, weights = _data(4, 6, 3, 3)
-    args = {"weak": weak, "strong": strong, "bank": bank, "bank_labels": labels, "class_weights": weights,
-            "temperature": 0.1}
-    edits = {"int": args[key].long() if isinstance(args[key], torch.Tensor) else None,
-             "short": args[key][:-1] if isinstance(args[key], torch.Tensor) else None,
-             "wrong_d": bank[:, :2], "float": labels.float()}
+    args = {
+        "weak": weak,
+        "strong": strong,
+        "bank": bank,
+        "bank_labels": labels,
+        "class_weights": weights,
+        "temperature": 0.1,
+    }
+    edits = {
+        "int": args[key].long() if isinstance(args[key], torch.Tensor) else None,
+        "short": args[key][:-1] if isinstance(args[key], torch.Tensor) else None,
+        "wrong_d": bank[:, :2],
+        "float": labels.float(),
+    }
     args[key] = edits[value] if isinstance(value, str) else value
     with pytest.raises(ValueError, match=name):
         instance_consistency_loss(**args)

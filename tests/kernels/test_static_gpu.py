@@ -31,8 +31,17 @@ needs_ptxas = pytest.mark.skipif(_ptxas() is None, reason="Triton's bundled ptxa
 
 
 def _row(**change) -> dict:
-    row = {"op": "bank_class_logsumexp", "kernel": "_lse_fwd_kernel", "dtype": "bfloat16", "tensor_cores": True,
-           "spill_stores": 0, "spill_loads": 0, "local_bytes": 0, "shared_bytes": 64 * 1024, "tc_kind": "wgmma"}
+    row = {
+        "op": "bank_class_logsumexp",
+        "kernel": "_lse_fwd_kernel",
+        "dtype": "bfloat16",
+        "tensor_cores": True,
+        "spill_stores": 0,
+        "spill_loads": 0,
+        "local_bytes": 0,
+        "shared_bytes": 64 * 1024,
+        "tc_kind": "wgmma",
+    }
     return {**row, **change}
 
 
@@ -81,7 +90,11 @@ def test_subset_compiles_for_sm90_without_spills_and_on_tensor_cores(tmp_path):
     out = tmp_path / "rows.json"
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "--subset", "--ops", "bank_class_logsumexp", "--json", str(out)],
-        capture_output=True, text=True, timeout=600, cwd=ROOT, env={**os.environ, "TRITON_INTERPRET": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        env={**os.environ, "TRITON_INTERPRET": "1"},
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     rows = json.loads(out.read_text())["rows"]

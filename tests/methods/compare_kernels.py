@@ -68,9 +68,19 @@ def main(method: str, out: Path, overrides: dict) -> None:
     #  between two float32 implementations moves them by a pixel's share)
     terms = [k for k in keys if not k.endswith(("relabelled", "kept", "agree", "pasted", "hidden", "threshold"))]
     first = max(abs(rows_t[0][k] - rows_k[0][k]) / max(abs(rows_t[0][k]), 1e-3) for k in terms)
-    print(json.dumps({"iterations": len(rows_t), "loss_keys": keys, "first_step": {k: rows_t[0][k] for k in terms},
-                      "loss_diff": loss_diff, "first_step_rel_diff": first, "start": filled(start["methods"]),
-                      "state_diff": max_diff(held["torch"], held["triton"])}))
+    print(
+        json.dumps(
+            {
+                "iterations": len(rows_t),
+                "loss_keys": keys,
+                "first_step": {k: rows_t[0][k] for k in terms},
+                "loss_diff": loss_diff,
+                "first_step_rel_diff": first,
+                "start": filled(start["methods"]),
+                "state_diff": max_diff(held["torch"], held["triton"]),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

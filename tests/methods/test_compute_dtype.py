@@ -17,8 +17,10 @@ from udaseg.methods.base import Step
 from udaseg.methods.cpsl import CPSL, CPSLOptions
 from udaseg.methods.dida import DIDA, DIDAOptions
 
-pytestmark = pytest.mark.skipif(not triton_kernels_present() or os.environ.get("TRITON_INTERPRET") != "1",
-                                reason="needs triton and TRITON_INTERPRET=1 (set before the kernels are imported)")
+pytestmark = pytest.mark.skipif(
+    not triton_kernels_present() or os.environ.get("TRITON_INTERPRET") != "1",
+    reason="needs triton and TRITON_INTERPRET=1 (set before the kernels are imported)",
+)
 
 C, FEAT = 19, 32  # Cityscapes' 19 classes; D = 64 embeddings (the interpreter's cost grows with D; the kernel
 #                   tests cover the contract's D = 256)
@@ -32,14 +34,21 @@ def fake_step(dtype: torch.dtype, seed: int = 0) -> Step:
     label = probs.argmax(1)
     label[:, 0] = IGNORE_INDEX
     feats = torch.randn(2, FEAT, 8, 8, generator=g)
-    return Step(iteration=0, source_image=torch.rand(2, 3, 16, 16, generator=g),
-                source_label=torch.randint(0, C, (2, 16, 16), generator=g), target_image=torch.rand(2, 3, 16, 16),
-                generator=torch.Generator().manual_seed(seed),
-                teacher_target={"probs": probs, "logits": probs.log(), "features": feats},
-                student_source={"features": torch.randn(2, FEAT, 8, 8, generator=g)},
-                student_mix={"features": (feats + 0.3 * torch.randn(2, FEAT, 8, 8, generator=g)).requires_grad_()},
-                pseudo_label=label, pseudo_weight=torch.ones(2, 16, 16), pseudo_confidence=probs.amax(1),
-                class_probs=probs, compute_dtype=dtype)
+    return Step(
+        iteration=0,
+        source_image=torch.rand(2, 3, 16, 16, generator=g),
+        source_label=torch.randint(0, C, (2, 16, 16), generator=g),
+        target_image=torch.rand(2, 3, 16, 16),
+        generator=torch.Generator().manual_seed(seed),
+        teacher_target={"probs": probs, "logits": probs.log(), "features": feats},
+        student_source={"features": torch.randn(2, FEAT, 8, 8, generator=g)},
+        student_mix={"features": (feats + 0.3 * torch.randn(2, FEAT, 8, 8, generator=g)).requires_grad_()},
+        pseudo_label=label,
+        pseudo_weight=torch.ones(2, 16, 16),
+        pseudo_confidence=probs.amax(1),
+        class_probs=probs,
+        compute_dtype=dtype,
+    )
 
 
 def spy(module, name: str, monkeypatch) -> list:
@@ -56,8 +65,11 @@ def spy(module, name: str, monkeypatch) -> list:
 
 def run_dida(dtype: torch.dtype, impl: str):
     torch.manual_seed(0)
-    m = DIDA(DIDAOptions(embed_dim=D, instance_pixels=10_000, writes_per_class=4, bank_per_class=4),
-             num_classes=C, feature_dim=FEAT)
+    m = DIDA(
+        DIDAOptions(embed_dim=D, instance_pixels=10_000, writes_per_class=4, bank_per_class=4),
+        num_classes=C,
+        feature_dim=FEAT,
+    )
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():  # a bank of keys like the queries: entries near the pixels they will be compared with
         m.bank.copy_(m.key_head(torch.randn(4, FEAT, 4, 5, generator=g)).permute(0, 2, 3, 1).reshape(-1, D)[:76])
@@ -86,11 +98,17 @@ def test_dida_feeds_the_kernels_bf16_and_stays_close_to_float64(monkeypatch):
 
 def run_cpsl(dtype: torch.dtype, impl: str):
     torch.manual_seed(0)
-    m = CPSL(CPSLOptions(embed_dim=D, queue_size=512, pixels_per_image=64, consistency_pixels=10_000,
-                         source_weight=0.0), num_classes=C, feature_dim=FEAT)
+    m = CPSL(
+        CPSLOptions(embed_dim=D, queue_size=512, pixels_per_image=64, consistency_pixels=10_000, source_weight=0.0),
+        num_classes=C,
+        feature_dim=FEAT,
+    )
     with torch.no_grad():
-        m.push(m.key_head(torch.randn(8, FEAT, 8, 8, generator=torch.Generator().manual_seed(1)))
-               .permute(0, 2, 3, 1).reshape(-1, D))
+        m.push(
+            m.key_head(torch.randn(8, FEAT, 8, 8, generator=torch.Generator().manual_seed(1)))
+            .permute(0, 2, 3, 1)
+            .reshape(-1, D)
+        )
     step = fake_step(dtype)
     with use_impl(impl):
         m.pseudo_labels(step)  # prototypes from the class means of the weak keys, then rectification

@@ -27,10 +27,15 @@ SMALL = {  # small state, so the round trip is quick; every other option at its 
 
 def make_step(seed: int, student, teacher) -> Step:
     g = torch.Generator().manual_seed(seed)
-    return Step(iteration=seed, source_image=torch.rand(2, 3, 32, 48, generator=g),
-                source_label=torch.randint(0, C, (2, 32, 48), generator=g),
-                target_image=torch.rand(2, 3, 32, 48, generator=g), generator=torch.Generator().manual_seed(seed),
-                student=student, teacher=teacher)
+    return Step(
+        iteration=seed,
+        source_image=torch.rand(2, 3, 32, 48, generator=g),
+        source_label=torch.randint(0, C, (2, 32, 48), generator=g),
+        target_image=torch.rand(2, 3, 32, 48, generator=g),
+        generator=torch.Generator().manual_seed(seed),
+        student=student,
+        teacher=teacher,
+    )
 
 
 def drive(methods: list[Method], step: Step) -> None:
@@ -106,8 +111,14 @@ def test_triton_kernels_train_like_torch(spec, tmp_path):
     """--kernels triton vs torch from one checkpoint taken after the first adaptation step (state filled)."""
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
     overrides = json.dumps({"data.rcs": False, **KERNEL_RUNS[spec]})
-    out = subprocess.run([sys.executable, str(ROOT / "tests/methods/compare_kernels.py"), spec, str(tmp_path),
-                          overrides], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "tests/methods/compare_kernels.py"), spec, str(tmp_path), overrides],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["iterations"] == 2, result

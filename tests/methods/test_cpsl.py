@@ -26,13 +26,19 @@ def fake_step(b=2, h=3, w=4, scale=2, seed=1) -> Step:
     probs = torch.rand(b, C, H, W, generator=g).mul(3).softmax(1)
     label = probs.argmax(1)
     label[0, 0, :3] = IGNORE_INDEX
-    return Step(iteration=0, source_image=torch.rand(b, 3, H, W), source_label=torch.zeros(b, H, W, dtype=torch.long),
-                target_image=torch.rand(b, 3, H, W), generator=torch.Generator().manual_seed(seed),
-                teacher_target={"probs": probs, "logits": probs.log(),
-                                "features": torch.randn(b, FEAT, h, w, generator=g)},
-                student_source={"features": torch.randn(b, FEAT, h, w, generator=g)},
-                pseudo_label=label, pseudo_weight=torch.ones(b, H, W), pseudo_confidence=probs.amax(1),
-                class_probs=probs)
+    return Step(
+        iteration=0,
+        source_image=torch.rand(b, 3, H, W),
+        source_label=torch.zeros(b, H, W, dtype=torch.long),
+        target_image=torch.rand(b, 3, H, W),
+        generator=torch.Generator().manual_seed(seed),
+        teacher_target={"probs": probs, "logits": probs.log(), "features": torch.randn(b, FEAT, h, w, generator=g)},
+        student_source={"features": torch.randn(b, FEAT, h, w, generator=g)},
+        pseudo_label=label,
+        pseudo_weight=torch.ones(b, H, W),
+        pseudo_confidence=probs.amax(1),
+        class_probs=probs,
+    )
 
 
 def sinkhorn_swav(scores, marginal, eps, iters):
@@ -117,14 +123,24 @@ def test_rectification_is_argmax_of_prototype_weight_times_probability():
     rect = w_up * probs
     assert torch.equal(step.pseudo_label, torch.where(ignored, IGNORE_INDEX, rect.argmax(1)))
     torch.testing.assert_close(step.class_probs, rect / rect.sum(1, keepdim=True))
-    assert m.scratch(step)["counts"].tolist() == torch.bincount(  # prior sees the incoming labels
-        probs.argmax(1)[~ignored], minlength=C).tolist()
+    assert (
+        m.scratch(step)["counts"].tolist()
+        == torch.bincount(  # prior sees the incoming labels
+            probs.argmax(1)[~ignored], minlength=C
+        ).tolist()
+    )
 
 
 @pytest.mark.parametrize("view", ["weak", "strong"])
 def test_self_labeling_and_consistency_losses_match_their_formulas(view):
-    m = make(temperature=0.3, pixels_per_image=100, consistency_pixels=100, queue_size=16, source_weight=0.0,
-             self_label_view=view)
+    m = make(
+        temperature=0.3,
+        pixels_per_image=100,
+        consistency_pixels=100,
+        queue_size=16,
+        source_weight=0.0,
+        self_label_view=view,
+    )
     m.initialized = True
     g = torch.Generator().manual_seed(3)
     m.push(F.normalize(torch.randn(9, D, generator=g), dim=1))

@@ -27,13 +27,18 @@ def fake_step(b=2, h=3, w=4, scale=2, seed=1) -> Step:
     probs = torch.rand(b, C, H, W, generator=g).softmax(1)
     label = probs.argmax(1)
     label[0, 0, :3] = IGNORE_INDEX  # e.g. ignore_top of the self_training plug-in
-    return Step(iteration=0, source_image=torch.rand(b, 3, H, W, generator=g),
-                source_label=torch.randint(0, C, (b, H, W), generator=g), target_image=torch.rand(b, 3, H, W),
-                generator=torch.Generator().manual_seed(seed),
-                teacher_target={"probs": probs, "logits": probs.log(), "features": torch.randn(b, FEAT, h, w,
-                                                                                                generator=g)},
-                pseudo_label=label, pseudo_weight=torch.ones(b, H, W), pseudo_confidence=probs.amax(1),
-                class_probs=probs)
+    return Step(
+        iteration=0,
+        source_image=torch.rand(b, 3, H, W, generator=g),
+        source_label=torch.randint(0, C, (b, H, W), generator=g),
+        target_image=torch.rand(b, 3, H, W),
+        generator=torch.Generator().manual_seed(seed),
+        teacher_target={"probs": probs, "logits": probs.log(), "features": torch.randn(b, FEAT, h, w, generator=g)},
+        pseudo_label=label,
+        pseudo_weight=torch.ones(b, H, W),
+        pseudo_confidence=probs.amax(1),
+        class_probs=probs,
+    )
 
 
 def fill_bank(m: DIDA, seed=2) -> None:
@@ -140,8 +145,7 @@ def test_scatter_fuses_bank_distribution_into_pseudo_labels():
     b, _, h, w = weak.shape
     s = bank_softmax(weak.permute(0, 2, 3, 1).reshape(-1, D), m.bank, m.bank_labels, 0.2)  # (N, M)
     q = torch.stack([s[:, m.bank_labels == c].sum(1) for c in range(C)], 1)  # scatter: sum per class
-    q_up = F.interpolate(q.view(b, h, w, C).permute(0, 3, 1, 2), probs.shape[-2:], mode="bilinear",
-                         align_corners=False)
+    q_up = F.interpolate(q.view(b, h, w, C).permute(0, 3, 1, 2), probs.shape[-2:], mode="bilinear", align_corners=False)
     fused = 0.6 * probs + 0.4 * q_up
     torch.testing.assert_close(step.class_probs, fused)
     assert torch.equal(step.pseudo_label, torch.where(ignored, IGNORE_INDEX, fused.argmax(1)))

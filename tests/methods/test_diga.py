@@ -47,7 +47,8 @@ def test_stats_translator_matches_channel_statistics():
     src, tgt = torch.rand(2, 3, 8, 8, generator=g) * 0.3 + 0.3, torch.rand(2, 3, 8, 8, generator=g) * 0.2 + 0.4
     got = stats_translate(src, tgt)
     expected = (src - src.mean((2, 3), True)) / (src.std((2, 3), keepdim=True) + 1e-5) * tgt.std(
-        (2, 3), keepdim=True) + tgt.mean((2, 3), True)
+        (2, 3), keepdim=True
+    ) + tgt.mean((2, 3), True)
     torch.testing.assert_close(got, expected.clamp(0, 1))
 
 
@@ -66,8 +67,14 @@ def test_user_translator_is_imported_from_module_callable(tmp_path, monkeypatch)
 def test_cross_domain_mixture_keeps_half_the_classes_and_the_ignored_pixels():
     label = torch.tensor([[0, 0, 1, 1, 2, 2, 3, 255]]).repeat(4, 1)[None]  # (1, 4, 8): 4 classes + ignore
     image = torch.rand(1, 3, 4, 8)
-    out = cross_domain_mixture(image, label, torch.rand(1, 3, 4, 8), torch.Generator().manual_seed(0),
-                               lambda s, t: torch.full_like(s, 2.0), blend=0.0)  # blend 0: x_aug = x
+    out = cross_domain_mixture(
+        image,
+        label,
+        torch.rand(1, 3, 4, 8),
+        torch.Generator().manual_seed(0),
+        lambda s, t: torch.full_like(s, 2.0),
+        blend=0.0,
+    )  # blend 0: x_aug = x
     kept = (out == image).all(1)[0]  # (4, 8): pixels with source appearance
     assert ((out == 2.0).all(1)[0] == ~kept).all()
     assert kept[label[0] == 255].all()
@@ -85,10 +92,20 @@ def tiny_models(seed=0):
 def test_symmetric_distillation_matches_its_formula():
     student, teacher = tiny_models()
     g = torch.Generator().manual_seed(5)
-    x, y, tgt = torch.rand(2, 3, 16, 32, generator=g), torch.randint(0, C, (2, 16, 32), generator=g), torch.rand(
-        2, 3, 16, 32, generator=g)
-    step = Step(iteration=0, source_image=x, source_label=y, target_image=tgt, student=student, teacher=teacher,
-                generator=torch.Generator().manual_seed(7))
+    x, y, tgt = (
+        torch.rand(2, 3, 16, 32, generator=g),
+        torch.randint(0, C, (2, 16, 32), generator=g),
+        torch.rand(2, 3, 16, 32, generator=g),
+    )
+    step = Step(
+        iteration=0,
+        source_image=x,
+        source_label=y,
+        target_image=tgt,
+        student=student,
+        teacher=teacher,
+        generator=torch.Generator().manual_seed(7),
+    )
     step.student_source = {"logits": upsample(student(x)["logits"], x.shape[-2:])}
     translate = build_translator("fda", 0.1, "cpu")
     loss, _ = symmetric_distillation(step, translate, 0.4)
@@ -99,7 +116,8 @@ def test_symmetric_distillation_matches_its_formula():
         t_m = upsample(teacher(mixture)["logits"], x.shape[-2:]).softmax(1)
     s_m = upsample(student(mixture)["logits"], x.shape[-2:])
     expected = (-(t_x * s_m.log_softmax(1)).sum(1)).mean() + 0.5 * (
-        -(t_m * step.student_source["logits"].log_softmax(1)).sum(1)).mean()
+        -(t_m * step.student_source["logits"].log_softmax(1)).sum(1)
+    ).mean()
     torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
 
 
@@ -122,9 +140,15 @@ def consensus_step(seed=3):
     probs = torch.randn(2, C, 6, 8, generator=g).softmax(1)
     label = probs.argmax(1)
     label[0, 0] = IGNORE_INDEX
-    return Step(iteration=0, source_image=torch.rand(2, 3, 6, 8), source_label=torch.randint(0, C, (2, 6, 8)),
-                target_image=torch.rand(2, 3, 6, 8), generator=torch.Generator().manual_seed(seed),
-                teacher_target={"probs": probs, "logits": probs.log(), "features": feats}, pseudo_label=label)
+    return Step(
+        iteration=0,
+        source_image=torch.rand(2, 3, 6, 8),
+        source_label=torch.randint(0, C, (2, 6, 8)),
+        target_image=torch.rand(2, 3, 6, 8),
+        generator=torch.Generator().manual_seed(seed),
+        teacher_target={"probs": probs, "logits": probs.log(), "features": feats},
+        pseudo_label=label,
+    )
 
 
 def test_consensus_keeps_labels_only_where_the_nearest_centroid_agrees():
@@ -133,8 +157,9 @@ def test_consensus_keeps_labels_only_where_the_nearest_centroid_agrees():
     step = consensus_step()
     before = step.pseudo_label.clone()
     m.pseudo_labels(step)
-    nearest = nearest_centroid_labels(step.teacher_target["features"], m.centroids, torch.ones(C, dtype=torch.bool),
-                                      (6, 8))
+    nearest = nearest_centroid_labels(
+        step.teacher_target["features"], m.centroids, torch.ones(C, dtype=torch.bool), (6, 8)
+    )
     assert torch.equal(step.pseudo_label, torch.where(before == nearest, before, IGNORE_INDEX))
     assert (step.pseudo_label[0, 0] == IGNORE_INDEX).all()
 
@@ -190,5 +215,6 @@ def test_warmup_and_adaptation_train_and_resume_exactly(tmp_path):
     payload = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)
     assert payload["methods"]["diga"]["updates"].sum() > 0
     assert all(math.isfinite(v) for v in payload["methods"]["diga"]["centroids"].flatten().tolist())
+
 
 # two-process DDP of diga's state: tests/methods/test_hiast.py runs hiast+diga+tdi once under DDP

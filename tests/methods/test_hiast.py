@@ -23,11 +23,19 @@ def fake_step(b=2, h=6, w=8, seed=1) -> Step:
     mask = torch.zeros(b, h, w, dtype=torch.bool)
     mask[:, :, : w // 4] = True  # ClassMix source pixels on the left
     source_label = torch.randint(0, C, (b, h, w), generator=g)
-    step = Step(iteration=0, source_image=torch.rand(b, 3, h, w, generator=g), source_label=source_label,
-                target_image=torch.rand(b, 3, h, w, generator=g), generator=torch.Generator().manual_seed(seed),
-                teacher_target={"probs": probs, "logits": probs.log()}, pseudo_label=label,
-                pseudo_weight=torch.full((b, h, w), 0.5), pseudo_confidence=probs.amax(1), mix_mask=mask,
-                mix_aligned=~mask)
+    step = Step(
+        iteration=0,
+        source_image=torch.rand(b, 3, h, w, generator=g),
+        source_label=source_label,
+        target_image=torch.rand(b, 3, h, w, generator=g),
+        generator=torch.Generator().manual_seed(seed),
+        teacher_target={"probs": probs, "logits": probs.log()},
+        pseudo_label=label,
+        pseudo_weight=torch.full((b, h, w), 0.5),
+        pseudo_confidence=probs.amax(1),
+        mix_mask=mask,
+        mix_aligned=~mask,
+    )
     step.mix_image = torch.where(mask[:, None], step.source_image, step.target_image)
     step.mix_label = torch.where(mask, source_label, label)
     step.mix_weight = torch.where(mask, 1.0, step.pseudo_weight)
@@ -162,8 +170,12 @@ def test_losses_use_target_regions_of_the_mix():
     step.student_mix = {"logits": torch.randn(2, C, 6, 8)}
     got = m.losses(step)
     target = ~step.mix_mask
-    exp = region_losses(step.student_mix["logits"], step.teacher_target["probs"],
-                        (step.mix_label != IGNORE_INDEX) & target, (step.mix_label == IGNORE_INDEX) & target)
+    exp = region_losses(
+        step.student_mix["logits"],
+        step.teacher_target["probs"],
+        (step.mix_label != IGNORE_INDEX) & target,
+        (step.mix_label == IGNORE_INDEX) & target,
+    )
     for k, w in (("smooth", 0.1), ("sharpen", 1.0), ("consistency", 0.5)):
         torch.testing.assert_close(got[k], w * exp[k])
 

@@ -17,13 +17,16 @@ from udaseg.models.common import IMAGENET_MEAN
 C = 4
 
 
-@pytest.mark.parametrize(("size", "patch", "reference", "expected"), [
-    ((512, 512), 64, 512, 64),  # MIC's setting
-    ((128, 256), 64, 512, 16),  # the synthetic benchmark's crop: the same 8 patches along the short side
-    ((1024, 2048), 64, 512, 64),  # never scaled up (HRDA's crops keep b = 64)
-    ((5, 9), 64, 512, 1),  # at least one pixel
-    ((128, 256), 64, 0, 64),  # reference 0: b fixed
-])
+@pytest.mark.parametrize(
+    ("size", "patch", "reference", "expected"),
+    [
+        ((512, 512), 64, 512, 64),  # MIC's setting
+        ((128, 256), 64, 512, 16),  # the synthetic benchmark's crop: the same 8 patches along the short side
+        ((1024, 2048), 64, 512, 64),  # never scaled up (HRDA's crops keep b = 64)
+        ((5, 9), 64, 512, 1),  # at least one pixel
+        ((128, 256), 64, 0, 64),  # reference 0: b fixed
+    ],
+)
 def test_patch_size_scales_with_the_short_crop_side(size, patch, reference, expected):
     assert patch_size_for(size, patch, reference) == expected
 
@@ -71,11 +74,19 @@ def fake_step(seed=1, b=2, h=16, w=32) -> Step:
     conf, label = probs.max(1)
     label[:, 0] = IGNORE_INDEX
     weight = torch.rand(b, 1, 1, generator=g).expand(b, h, w)  # DAFormer's weight: one value per image
-    return Step(iteration=0, source_image=torch.rand(b, 3, h, w, generator=g),
-                source_label=torch.randint(0, C, (b, h, w), generator=g),
-                target_image=torch.rand(b, 3, h, w, generator=g), generator=torch.Generator().manual_seed(seed),
-                student=student, teacher_target={"probs": probs}, pseudo_label=label, pseudo_confidence=conf,
-                pseudo_weight=weight, class_probs=probs)
+    return Step(
+        iteration=0,
+        source_image=torch.rand(b, 3, h, w, generator=g),
+        source_label=torch.randint(0, C, (b, h, w), generator=g),
+        target_image=torch.rand(b, 3, h, w, generator=g),
+        generator=torch.Generator().manual_seed(seed),
+        student=student,
+        teacher_target={"probs": probs},
+        pseudo_label=label,
+        pseudo_confidence=conf,
+        pseudo_weight=weight,
+        class_probs=probs,
+    )
 
 
 @pytest.mark.parametrize("strong_view", [False, True])

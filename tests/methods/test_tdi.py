@@ -34,8 +34,7 @@ def test_info_nce_matches_the_direct_formula():
     a, b = torch.randn(5, 3, generator=g).softmax(1), torch.randn(5, 3, generator=g).softmax(1)
     assert info_nce_pairs(a, b, 0.05).item() == pytest.approx(float(direct_info_nce(a, b, 0.05)), rel=1e-4)
     valid = torch.tensor([True, False, True, True, False])
-    assert info_nce_pairs(a, b, 0.2, valid).item() == pytest.approx(float(direct_info_nce(a, b, 0.2, valid)),
-                                                                    rel=1e-4)
+    assert info_nce_pairs(a, b, 0.2, valid).item() == pytest.approx(float(direct_info_nce(a, b, 0.2, valid)), rel=1e-4)
 
 
 def test_pixel_contrast_uses_the_same_location_of_the_other_view_as_positive():
@@ -77,12 +76,20 @@ def fake_step(seed=1, b=2, h=16, w=32) -> Step:
     label[:, 0] = IGNORE_INDEX
     mask = torch.zeros(b, h, w, dtype=torch.bool)
     mask[..., : w // 3] = True
-    step = Step(iteration=0, source_image=torch.rand(b, 3, h, w, generator=g),
-                source_label=torch.randint(0, C, (b, h, w), generator=g), target_image=torch.rand(b, 3, h, w,
-                                                                                                 generator=g),
-                generator=torch.Generator().manual_seed(seed), student=student,
-                teacher_target={"probs": probs}, pseudo_label=label, pseudo_confidence=conf,
-                pseudo_weight=torch.ones(b, h, w), mix_mask=mask, mix_aligned=~mask)
+    step = Step(
+        iteration=0,
+        source_image=torch.rand(b, 3, h, w, generator=g),
+        source_label=torch.randint(0, C, (b, h, w), generator=g),
+        target_image=torch.rand(b, 3, h, w, generator=g),
+        generator=torch.Generator().manual_seed(seed),
+        student=student,
+        teacher_target={"probs": probs},
+        pseudo_label=label,
+        pseudo_confidence=conf,
+        pseudo_weight=torch.ones(b, h, w),
+        mix_mask=mask,
+        mix_aligned=~mask,
+    )
     step.mix_image = torch.where(mask[:, None], step.source_image, step.target_image)
     step.mix_label = torch.where(mask, step.source_label, label)
     return step
@@ -101,15 +108,19 @@ def test_target_to_source_mix_pastes_confident_pseudo_labelled_pixels():
 def test_losses_reach_the_student_and_prototype_labels_follow_the_rule():
     m, step = TDI(TDIOptions(), num_classes=C), fake_step()
     m.mix(step)
-    step.student_mix = {"logits": torch.nn.functional.interpolate(step.student(step.mix_image)["logits"],
-                                                                  size=(16, 32), mode="bilinear")}
+    step.student_mix = {
+        "logits": torch.nn.functional.interpolate(
+            step.student(step.mix_image)["logits"], size=(16, 32), mode="bilinear"
+        )
+    }
     losses = m.losses(step)
     assert set(losses) == {"t2s_ce", "pixel_nce", "proto_nce"}
     sum(losses.values()).backward()
     assert all(p.grad is not None for p in step.student.classifier.parameters())
     labels = m.prototype_labels(step, ~step.mix_mask)
-    expected = torch.where(step.mix_mask, step.source_label,
-                           torch.where(step.pseudo_confidence > 0.95, step.pseudo_label, IGNORE_INDEX))
+    expected = torch.where(
+        step.mix_mask, step.source_label, torch.where(step.pseudo_confidence > 0.95, step.pseudo_label, IGNORE_INDEX)
+    )
     assert torch.equal(labels, expected)
     assert torch.equal(TDI.weak_mix(step), torch.where(step.mix_mask[:, None], step.source_image, step.target_image))
 

@@ -108,7 +108,7 @@ def test_full_segmentor_round_trip_and_class_count_change(tmp_path):
 def test_hugging_face_semantic_segmentation_head(tmp_path, official_b0):
     """SegformerForSemanticSegmentation: decode_head.linear_fuse/batch_norm/classifier -> segformer_mit* names."""
     src = _model("segformer_mitb0", num_classes=19)
-    head = {k[len("decode_head."):]: v for k, v in src.state_dict().items() if k.startswith("decode_head.")}
+    head = {k[len("decode_head.") :]: v for k, v in src.state_dict().items() if k.startswith("decode_head.")}
     hf_head = {}
     for k, v in head.items():
         k = k.replace("linear_fuse.conv.", "linear_fuse.").replace("linear_fuse.bn.", "batch_norm.")

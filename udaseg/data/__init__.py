@@ -39,8 +39,16 @@ _LOADERS: dict[str, Callable[..., SegDataset]] = {
     "gta5": gta5, "synthia": synthia, "cityscapes": cityscapes, "folder": folder, "acdc": acdc,
     "darkzurich": darkzurich, "bdd100k": bdd100k, "mapillary": mapillary, "rosbag": rosbag, "video": video,
 }  # fmt: skip
-_ALIASES = {"gta": "gta5", "gtav": "gta5", "cs": "cityscapes", "dark_zurich": "darkzurich", "dz": "darkzurich",
-            "bdd": "bdd100k", "vistas": "mapillary", "mapillary_vistas": "mapillary"}
+_ALIASES = {
+    "gta": "gta5",
+    "gtav": "gta5",
+    "cs": "cityscapes",
+    "dark_zurich": "darkzurich",
+    "dz": "darkzurich",
+    "bdd": "bdd100k",
+    "vistas": "mapillary",
+    "mapillary_vistas": "mapillary",
+}
 _SYNTHETIC = ("synthetic", "synthetic_source", "synthetic_target")
 
 
@@ -54,8 +62,9 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     name, sep, root = spec.partition(":")
     name = _ALIASES.get(name.strip().lower(), name.strip().lower())
     if name not in _LOADERS and name not in _SYNTHETIC:
-        raise DatasetError(f"unknown dataset {name!r} in spec {spec!r}: expected NAME[:ROOT] with NAME in "
-                           f"{dataset_names()}")
+        raise DatasetError(
+            f"unknown dataset {name!r} in spec {spec!r}: expected NAME[:ROOT] with NAME in {dataset_names()}"
+        )
     return name, (root.strip() or None) if sep else None
 
 
@@ -76,8 +85,10 @@ def _check_options(name: str, loader: Callable, options: dict) -> None:
     valid = [k for k in params if k not in ("root", "split", "domain")]
     unknown = sorted(set(options) - set(valid))
     if unknown:
-        raise DatasetError(f"dataset '{name}' has no option {', '.join(map(repr, unknown))}: expected one of "
-                           f"{valid} (set them with --set data.{name}.KEY=VALUE)")
+        raise DatasetError(
+            f"dataset '{name}' has no option {', '.join(map(repr, unknown))}: expected one of "
+            f"{valid} (set them with --set data.{name}.KEY=VALUE)"
+        )
 
 
 def build_dataset(spec: str, split: str = "train", role: str = "target", **options) -> SegDataset:
@@ -108,6 +119,8 @@ def build_dataset(spec: str, split: str = "train", role: str = "target", **optio
     _check_options(name, _LOADERS[name], options)
     dataset = _LOADERS[name](root, split=split, **options)
     if role == "source" and not dataset.labelled:
-        raise DatasetError(f"source dataset {dataset.describe()} has no labels: {dataset.unlabelled_reason}. "
-                           f"The source domain must be labelled; expected its label files there.")
+        raise DatasetError(
+            f"source dataset {dataset.describe()} has no labels: {dataset.unlabelled_reason}. "
+            f"The source domain must be labelled; expected its label files there."
+        )
     return dataset

@@ -25,8 +25,9 @@ LAYOUT = """  ROOT/
     gt/<condition>/<split>/<sequence>/<stem>_gt_labelTrainIds.png    splits train, val (test: no labels)"""
 
 
-def label_files(name: str, root: Path, layout: str, groups: Sequence[tuple[Path, Path]], images: Sequence[Path],
-                img_suffix: str) -> tuple[list[Path], np.ndarray]:
+def label_files(
+    name: str, root: Path, layout: str, groups: Sequence[tuple[Path, Path]], images: Sequence[Path], img_suffix: str
+) -> tuple[list[Path], np.ndarray]:
     """(label path per image, LUT) for images found under the image folders of `groups` [(image folder, label
     folder)]: the same relative path under the label folder, named `<stem>_gt_labelTrainIds.png`, or
     `<stem>_gt_labelIds.png` where only those exist (mapped through the Cityscapes labelId table)."""
@@ -35,8 +36,9 @@ def label_files(name: str, root: Path, layout: str, groups: Sequence[tuple[Path,
         part = [i for i in images if i.is_relative_to(img_root)]
 
         def paths(kind: str, part=part, img_root=img_root, gt_root=gt_root) -> list[Path]:
-            return [gt_root / i.parent.relative_to(img_root) / f"{i.name[: -len(img_suffix)]}_gt_{kind}.png"
-                    for i in part]
+            return [
+                gt_root / i.parent.relative_to(img_root) / f"{i.name[: -len(img_suffix)]}_gt_{kind}.png" for i in part
+            ]
 
         found, kind = paths("labelTrainIds"), "labelTrainIds"
         if part and not any(p.is_file() for p in found) and all(p.is_file() for p in paths("labelIds")):
@@ -45,13 +47,23 @@ def label_files(name: str, root: Path, layout: str, groups: Sequence[tuple[Path,
         if gt_root.is_dir():
             kinds.add(kind)
     if len(kinds) > 1:
-        raise layout_error(name, root, layout, "some label folders hold only *_gt_labelIds.png and others "
-                           "*_gt_labelTrainIds.png; expected one kind for all (re-run the label conversion)")
+        raise layout_error(
+            name,
+            root,
+            layout,
+            "some label folders hold only *_gt_labelIds.png and others "
+            "*_gt_labelTrainIds.png; expected one kind for all (re-run the label conversion)",
+        )
     return out, CITYSCAPES_LUT if kinds == {"labelIds"} else TRAINID_LUT
 
 
-def acdc(root: str | Path, split: str = "train", conditions: Sequence[str] = CONDITIONS,
-         labels: bool | None = None, size_mismatch: str = "error") -> SegDataset:
+def acdc(
+    root: str | Path,
+    split: str = "train",
+    conditions: Sequence[str] = CONDITIONS,
+    labels: bool | None = None,
+    size_mismatch: str = "error",
+) -> SegDataset:
     """ACDC `split` (train/val/test, or train_ref/val_ref/test_ref) of the chosen `conditions`."""
     root = Path(root).expanduser()
     require_root("acdc", root, LAYOUT)
@@ -65,5 +77,6 @@ def acdc(root: str | Path, split: str = "train", conditions: Sequence[str] = CON
     pairs, reason = match_labels("acdc", root, LAYOUT, images, lbls, [g[1] for g in groups], use)
     if ref:
         reason = f"split '{split}' holds daytime reference images without labels"
-    return SegDataset(pairs, name="acdc", root=str(root), split=split, lut=lut, size_mismatch=size_mismatch,
-                      unlabelled_reason=reason)
+    return SegDataset(
+        pairs, name="acdc", root=str(root), split=split, lut=lut, size_mismatch=size_mismatch, unlabelled_reason=reason
+    )

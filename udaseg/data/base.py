@@ -40,9 +40,19 @@ class SegDataset(Dataset):
     does not exist"), so a check that needs labels can name the missing folder.
     """
 
-    def __init__(self, files: Sequence[tuple[str, str | None]], *, name: str, root: str, split: str,
-                 lut: np.ndarray, label_reader: LabelReader = read_label, class_names: Sequence[str] = CLASS_NAMES,
-                 size_mismatch: str = "error", unlabelled_reason: str = ""):
+    def __init__(
+        self,
+        files: Sequence[tuple[str, str | None]],
+        *,
+        name: str,
+        root: str,
+        split: str,
+        lut: np.ndarray,
+        label_reader: LabelReader = read_label,
+        class_names: Sequence[str] = CLASS_NAMES,
+        size_mismatch: str = "error",
+        unlabelled_reason: str = "",
+    ):
         if size_mismatch not in ("error", "resize"):
             raise DatasetError(f"dataset '{name}': size_mismatch must be 'error' or 'resize', found {size_mismatch!r}")
         self.files = [(str(i), None if lb is None else str(lb)) for i, lb in files]
@@ -87,10 +97,13 @@ class SegDataset(Dataset):
             return
         self._warned = True
         known = np.flatnonzero(self.lut >= 0)
-        warnings.warn(f"{path}: {n} pixels with label values {values} that dataset '{self.name}' does not define "
-                      f"(expected values in {known.min()}..{known.max()}) were set to ignore ({IGNORE_INDEX}). "
-                      f"Further ones are counted in dataset.unknown_pixels without more warnings.",
-                      LabelWarning, stacklevel=3)
+        warnings.warn(
+            f"{path}: {n} pixels with label values {values} that dataset '{self.name}' does not define "
+            f"(expected values in {known.min()}..{known.max()}) were set to ignore ({IGNORE_INDEX}). "
+            f"Further ones are counted in dataset.unknown_pixels without more warnings.",
+            LabelWarning,
+            stacklevel=3,
+        )
 
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """((H, W, 3) uint8 image, (H, W) uint8 train ids) of item i, sizes checked."""
@@ -99,23 +112,29 @@ class SegDataset(Dataset):
         label = self.load_label(i)
         if image.shape[:2] != label.shape:
             if self.size_mismatch == "error":
-                raise DatasetError(size_mismatch_message(self.name, img_path, image.shape[:2], lbl_path,
-                                                         label.shape))
+                raise DatasetError(size_mismatch_message(self.name, img_path, image.shape[:2], lbl_path, label.shape))
             label = T.resize_label(torch.from_numpy(label), image.shape[:2]).numpy()
         return image, label
 
     def __getitem__(self, i: int) -> dict:
         image, label = self.load(int(i))
         img = torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0)  # (3, H, W)
-        return {"image": img.contiguous(), "label": torch.from_numpy(label).long(),
-                "name": Path(self.files[i][0]).name, "index": int(i)}
+        return {
+            "image": img.contiguous(),
+            "label": torch.from_numpy(label).long(),
+            "name": Path(self.files[i][0]).name,
+            "index": int(i),
+        }
 
 
-def size_mismatch_message(name: str, img_path: str, img_hw: tuple[int, int], lbl_path: str | None,
-                          lbl_hw: tuple[int, int]) -> str:
-    return (f"image/label size mismatch in dataset '{name}': {img_path} is {img_hw[1]}x{img_hw[0]} (WxH) but "
-            f"{lbl_path} is {lbl_hw[1]}x{lbl_hw[0]}; expected equal sizes. Fix the files, or pass "
-            f"size_mismatch='resize' to resize labels to their image.")
+def size_mismatch_message(
+    name: str, img_path: str, img_hw: tuple[int, int], lbl_path: str | None, lbl_hw: tuple[int, int]
+) -> str:
+    return (
+        f"image/label size mismatch in dataset '{name}': {img_path} is {img_hw[1]}x{img_hw[0]} (WxH) but "
+        f"{lbl_path} is {lbl_hw[1]}x{lbl_hw[0]}; expected equal sizes. Fix the files, or pass "
+        f"size_mismatch='resize' to resize labels to their image."
+    )
 
 
 def layout_error(name: str, root: str | Path, expected: str, found: str) -> DatasetError:
@@ -148,14 +167,25 @@ def pair_by_stem(images: dict[str, Path], labels: dict[str, Path], name: str) ->
     lonely_img = sorted(set(images) - set(labels))
     lonely_lbl = sorted(set(labels) - set(images))
     if (lonely_img or lonely_lbl) and keys:
-        warnings.warn(f"dataset '{name}': skipping {len(lonely_img)} images without a label "
-                      f"(e.g. {[str(images[k]) for k in lonely_img[:3]]}) and {len(lonely_lbl)} labels without an "
-                      f"image (e.g. {[str(labels[k]) for k in lonely_lbl[:3]]})", DatasetWarning, stacklevel=3)
+        warnings.warn(
+            f"dataset '{name}': skipping {len(lonely_img)} images without a label "
+            f"(e.g. {[str(images[k]) for k in lonely_img[:3]]}) and {len(lonely_lbl)} labels without an "
+            f"image (e.g. {[str(labels[k]) for k in lonely_lbl[:3]]})",
+            DatasetWarning,
+            stacklevel=3,
+        )
     return [(str(images[k]), str(labels[k])) for k in keys]
 
 
-def match_labels(name: str, root: Path, layout: str, images: Sequence[Path], labels: Sequence[Path],
-                 label_dirs: Sequence[Path], use: bool | None) -> tuple[list[tuple[str, str | None]], str]:
+def match_labels(
+    name: str,
+    root: Path,
+    layout: str,
+    images: Sequence[Path],
+    labels: Sequence[Path],
+    label_dirs: Sequence[Path],
+    use: bool | None,
+) -> tuple[list[tuple[str, str | None]], str]:
     """Pair each image with its expected label file: ((image, label or None) pairs, unlabelled reason).
 
     `use=None`: labels are read when every folder of `label_dirs` exists (then every image needs its label) and
@@ -166,16 +196,23 @@ def match_labels(name: str, root: Path, layout: str, images: Sequence[Path], lab
     present = [d for d in label_dirs if d.is_dir()]
     if not present and not use:
         missing = ", ".join(str(d) for d in label_dirs[:3]) + (" ..." if len(label_dirs) > 3 else "")
-        return [(str(i), None) for i in images], f"{missing} does not exist" if len(label_dirs) == 1 else \
-            f"{missing} do not exist"
+        return [(str(i), None) for i in images], f"{missing} does not exist" if len(
+            label_dirs
+        ) == 1 else f"{missing} do not exist"
     absent = [d for d in label_dirs if not d.is_dir()]
     if absent:
-        raise layout_error(name, root, layout, f"label folder {absent[0]} is missing ({len(absent)} of "
-                           f"{len(label_dirs)} label folders are); expected one beside each image folder")
+        raise layout_error(
+            name,
+            root,
+            layout,
+            f"label folder {absent[0]} is missing ({len(absent)} of "
+            f"{len(label_dirs)} label folders are); expected one beside each image folder",
+        )
     lonely = [str(lb) for lb in labels if not lb.is_file()]
     if lonely:
-        raise layout_error(name, root, layout, f"{len(lonely)} of {len(images)} images have no label file: "
-                           f"expected e.g. {lonely[:3]}")
+        raise layout_error(
+            name, root, layout, f"{len(lonely)} of {len(images)} images have no label file: expected e.g. {lonely[:3]}"
+        )
     return [(str(i), str(lb)) for i, lb in zip(images, labels, strict=True)], ""
 
 
@@ -195,6 +232,8 @@ def pick_values(name: str, option: str, given, allowed: Sequence[str]) -> list[s
     values = [given] if isinstance(given, str) else list(given) if isinstance(given, (list, tuple)) else None
     bad = [v for v in values or [] if v not in allowed]
     if not values or bad:
-        raise DatasetError(f"dataset '{name}': option {option}={given!r}: expected a non-empty list of values from "
-                           f"{list(allowed)}" + (f"; {bad} are not among them" if bad else ""))
+        raise DatasetError(
+            f"dataset '{name}': option {option}={given!r}: expected a non-empty list of values from "
+            f"{list(allowed)}" + (f"; {bad} are not among them" if bad else "")
+        )
     return values

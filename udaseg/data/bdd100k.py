@@ -21,8 +21,9 @@ LAYOUT = """  ROOT/
     labels/sem_seg/masks/<split>/<name>.png   train ids (0..18, 255); train and val only"""
 
 
-def bdd100k(root: str | Path, split: str = "train", labels: bool | None = None,
-            size_mismatch: str = "error") -> SegDataset:
+def bdd100k(
+    root: str | Path, split: str = "train", labels: bool | None = None, size_mismatch: str = "error"
+) -> SegDataset:
     """BDD100K sem-seg `split` (train/val/test)."""
     root = Path(root).expanduser()
     require_root("bdd100k", root, LAYOUT)
@@ -35,5 +36,12 @@ def bdd100k(root: str | Path, split: str = "train", labels: bool | None = None,
     pairs, reason = match_labels("bdd100k", root, LAYOUT, images, masks, [mask_dir], labels)
     if reason and split == "test" and labels is None:
         reason = f"BDD100K's test split has no public labels ({reason})"
-    return SegDataset(pairs, name="bdd100k", root=str(root), split=split, lut=TRAINID_LUT,
-                      size_mismatch=size_mismatch, unlabelled_reason=reason)
+    return SegDataset(
+        pairs,
+        name="bdd100k",
+        root=str(root),
+        split=split,
+        lut=TRAINID_LUT,
+        size_mismatch=size_mismatch,
+        unlabelled_reason=reason,
+    )

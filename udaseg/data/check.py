@@ -77,13 +77,16 @@ class DataReport:
     def _tail(self) -> str:
         notes = list(self.notes)
         if self.unknown_pixels:
-            notes.append(f"{self.unknown_pixels:,} pixels with undefined label values set to ignore "
-                         f"(e.g. {self.unknown_example})")
+            notes.append(
+                f"{self.unknown_pixels:,} pixels with undefined label values set to ignore "
+                f"(e.g. {self.unknown_example})"
+            )
         return "".join(f"; {n}" for n in notes)
 
 
-def check_dataset(dataset, role: str, require_labels: bool, progress: bool = True,
-                  workers: int | None = None) -> DataReport:
+def check_dataset(
+    dataset, role: str, require_labels: bool, progress: bool = True, workers: int | None = None
+) -> DataReport:
     """Read every pair of `dataset` once and raise `DataError` naming the bad files (the first 10, and a count).
 
     Args:
@@ -107,8 +110,9 @@ def check_dataset(dataset, role: str, require_labels: bool, progress: bool = Tru
     counts = np.zeros((n, c), dtype=np.int64) if require_labels else None
     pixels = np.zeros(n, dtype=np.int64) if require_labels else None
     problems: list[tuple[int, str]] = []
-    report = DataReport(role, dataset.name, dataset.root, dataset.split, n, require_labels, dataset.class_names,
-                        counts, pixels)
+    report = DataReport(
+        role, dataset.name, dataset.root, dataset.split, n, require_labels, dataset.class_names, counts, pixels
+    )
 
     verify = getattr(dataset, "verify_item", None)  # datasets whose images are not files (recordings)
 
@@ -131,8 +135,14 @@ def check_dataset(dataset, role: str, require_labels: bool, progress: bool = Tru
 
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        bar = tqdm(pool.map(one, range(n)), total=n, disable=not progress, unit="pair" if require_labels else "img",
-                   desc=f"checking {role} {dataset.name}", leave=False)
+        bar = tqdm(
+            pool.map(one, range(n)),
+            total=n,
+            disable=not progress,
+            unit="pair" if require_labels else "img",
+            desc=f"checking {role} {dataset.name}",
+            leave=False,
+        )
         for i, problem, hist, n_unknown, resized in bar:
             if problem is not None:
                 problems.append((i, problem))
@@ -149,8 +159,10 @@ def check_dataset(dataset, role: str, require_labels: bool, progress: bool = Tru
         more = f"\n  ... and {len(problems) - SHOW} more" if len(problems) > SHOW else ""
         raise DataError(f"{where}: {len(problems)} of {n} pairs cannot be used:\n  {listed}{more}")
     if require_labels and counts.sum() == 0:
-        raise DataError(f"{where}: every pixel of its {n} label files is ignore ({IGNORE_INDEX}) or a value the "
-                        f"format does not define ({report.unknown_pixels:,} such pixels); expected labelled pixels "
-                        f"of the {c} classes. Check the label files (e.g. {dataset.files[0][1]}) and, for a folder "
-                        f"dataset, the classes.yaml mapping")
+        raise DataError(
+            f"{where}: every pixel of its {n} label files is ignore ({IGNORE_INDEX}) or a value the "
+            f"format does not define ({report.unknown_pixels:,} such pixels); expected labelled pixels "
+            f"of the {c} classes. Check the label files (e.g. {dataset.files[0][1]}) and, for a folder "
+            f"dataset, the classes.yaml mapping"
+        )
     return report

@@ -31,8 +31,9 @@ def _find_labels(gt_root: Path, images: list[Path]) -> tuple[list[str] | None, b
     return None, False
 
 
-def cityscapes(root: str | Path, split: str = "train", labels: bool | None = None,
-               size_mismatch: str = "error") -> SegDataset:
+def cityscapes(
+    root: str | Path, split: str = "train", labels: bool | None = None, size_mismatch: str = "error"
+) -> SegDataset:
     """Cityscapes `split` (train/val/test/train_extra). `labels=None`: required, except where gtFine/<split> is
     missing entirely (unlabelled target data); `labels=False`: never read them."""
     root = Path(root).expanduser()
@@ -40,26 +41,49 @@ def cityscapes(root: str | Path, split: str = "train", labels: bool | None = Non
     img_dir = root / "leftImg8bit" / split
     images = sorted(img_dir.glob(f"*/*{IMG_SUFFIX}"))
     if not images:
-        raise layout_error("cityscapes", root, LAYOUT, f"no *{IMG_SUFFIX} files for split '{split}': "
-                           f"{describe_folder(img_dir)}")
+        raise layout_error(
+            "cityscapes", root, LAYOUT, f"no *{IMG_SUFFIX} files for split '{split}': {describe_folder(img_dir)}"
+        )
     gt_root = root / "gtFine" / split
     use_labels = gt_root.is_dir() if labels is None else labels
     if not use_labels:
         reason = f"{gt_root} does not exist" if labels is None else "labels=False was given"
-        return SegDataset([(str(img), None) for img in images], name="cityscapes", root=str(root), split=split,
-                          lut=TRAINID_LUT, unlabelled_reason=reason, size_mismatch=size_mismatch)
+        return SegDataset(
+            [(str(img), None) for img in images],
+            name="cityscapes",
+            root=str(root),
+            split=split,
+            lut=TRAINID_LUT,
+            unlabelled_reason=reason,
+            size_mismatch=size_mismatch,
+        )
     else:
         found, is_train = _find_labels(gt_root, images)
         if found is None:
-            missing = [str(img) for img in images if not any(
-                (gt_root / img.parent.name / f"{img.name[: -len(IMG_SUFFIX)]}_gtFine_{k}.png").is_file()
-                for k in ("labelIds", "labelTrainIds"))]
+            missing = [
+                str(img)
+                for img in images
+                if not any(
+                    (gt_root / img.parent.name / f"{img.name[: -len(IMG_SUFFIX)]}_gtFine_{k}.png").is_file()
+                    for k in ("labelIds", "labelTrainIds")
+                )
+            ]
             if not missing:
-                raise layout_error("cityscapes", root, LAYOUT, f"{gt_root} mixes images labelled only by "
-                                   f"*_labelIds.png and only by *_labelTrainIds.png; expected one kind for all "
-                                   f"(re-run the label conversion for every image)")
-            raise layout_error("cityscapes", root, LAYOUT, f"{len(missing)} of {len(images)} images have no "
-                               f"*_gtFine_labelIds.png / *_gtFine_labelTrainIds.png label in {gt_root}, e.g. "
-                               f"{missing[:3]}")
+                raise layout_error(
+                    "cityscapes",
+                    root,
+                    LAYOUT,
+                    f"{gt_root} mixes images labelled only by "
+                    f"*_labelIds.png and only by *_labelTrainIds.png; expected one kind for all "
+                    f"(re-run the label conversion for every image)",
+                )
+            raise layout_error(
+                "cityscapes",
+                root,
+                LAYOUT,
+                f"{len(missing)} of {len(images)} images have no "
+                f"*_gtFine_labelIds.png / *_gtFine_labelTrainIds.png label in {gt_root}, e.g. "
+                f"{missing[:3]}",
+            )
         pairs, lut = list(zip(map(str, images), found)), TRAINID_LUT if is_train else CITYSCAPES_LUT
     return SegDataset(pairs, name="cityscapes", root=str(root), split=split, lut=lut, size_mismatch=size_mismatch)

@@ -25,18 +25,31 @@ LAYOUT = """  ROOT/
 SUFFIX = "_rgb_anon.png"
 
 
-def darkzurich(root: str | Path, split: str = "train", times: Sequence[str] = ("night",),
-               labels: bool | None = None, size_mismatch: str = "error") -> SegDataset:
+def darkzurich(
+    root: str | Path,
+    split: str = "train",
+    times: Sequence[str] = ("night",),
+    labels: bool | None = None,
+    size_mismatch: str = "error",
+) -> SegDataset:
     """Dark Zurich `split` (train/val/test) of the chosen `times` of day."""
     root = Path(root).expanduser()
     require_root("darkzurich", root, LAYOUT)
     chosen = pick_values("darkzurich", "times", times, TIMES)
     groups = [(root / "rgb_anon" / split / t, root / "gt" / split / t) for t in chosen]
     images = find_images("darkzurich", root, LAYOUT, [g[0] for g in groups], f"*/*{SUFFIX}")
-    lbls, lut = label_files("darkzurich", root, LAYOUT, groups, images, SUFFIX) if labels is not False \
-        else ([], TRAINID_LUT)
+    lbls, lut = (
+        label_files("darkzurich", root, LAYOUT, groups, images, SUFFIX) if labels is not False else ([], TRAINID_LUT)
+    )
     pairs, reason = match_labels("darkzurich", root, LAYOUT, images, lbls, [g[1] for g in groups], labels)
     if reason and split in ("train", "test") and labels is None:
         reason = f"Dark Zurich's {split} split has no public labels ({reason})"
-    return SegDataset(pairs, name="darkzurich", root=str(root), split=split, lut=lut, size_mismatch=size_mismatch,
-                      unlabelled_reason=reason)
+    return SegDataset(
+        pairs,
+        name="darkzurich",
+        root=str(root),
+        split=split,
+        lut=lut,
+        size_mismatch=size_mismatch,
+        unlabelled_reason=reason,
+    )

@@ -45,8 +45,10 @@ def load_class_map(path: Path) -> tuple[np.ndarray, tuple[str, ...], dict]:
     except yaml.YAMLError as err:
         raise DatasetError(f"{path}: not valid YAML ({err})") from err
     if not isinstance(cfg, dict) or not isinstance(cfg.get("classes"), dict) or not cfg["classes"]:
-        raise DatasetError(f"{path}: expected a mapping with a non-empty 'classes' entry (mask value -> class name, "
-                           f"train id or 'ignore'), found {cfg!r:.200}")
+        raise DatasetError(
+            f"{path}: expected a mapping with a non-empty 'classes' entry (mask value -> class name, "
+            f"train id or 'ignore'), found {cfg!r:.200}"
+        )
     names = tuple(cfg.get("class_names") or CLASS_NAMES)
     lut = np.full(65536, UNKNOWN, dtype=np.int16)
     for key, value in cfg["classes"].items():
@@ -75,8 +77,7 @@ def _train_id(value, names: tuple[str, ...], path: Path) -> int:
         raise DatasetError(f"{path}: class '{value}' is not one of {list(names)} (or 'ignore')")
     if isinstance(value, int) and (0 <= value < len(names) or value == IGNORE_INDEX):
         return value
-    raise DatasetError(f"{path}: expected a class name, a train id in 0..{len(names) - 1} or 'ignore', found "
-                       f"{value!r}")
+    raise DatasetError(f"{path}: expected a class name, a train id in 0..{len(names) - 1} or 'ignore', found {value!r}")
 
 
 def _subfolder(root: Path, cfg: dict, key: str, class_file: Path) -> Path:
@@ -87,8 +88,10 @@ def _subfolder(root: Path, cfg: dict, key: str, class_file: Path) -> Path:
         raise DatasetError(f"{class_file}: '{key}' must be a folder name inside {root}, found {value!r}")
     rel = Path(value.strip())
     if rel.is_absolute() or ".." in rel.parts or rel.drive:
-        raise DatasetError(f"{class_file}: '{key}: {value}' points outside the dataset folder; expected a folder "
-                           f"name relative to {root} (no absolute path, no '..')")
+        raise DatasetError(
+            f"{class_file}: '{key}: {value}' points outside the dataset folder; expected a folder "
+            f"name relative to {root} (no absolute path, no '..')"
+        )
     return root / rel
 
 
@@ -104,8 +107,12 @@ def folder(root: str | Path, split: str = "train", size_mismatch: str = "error")
     if (img_dir / split).is_dir():
         img_dir, mask_dir = img_dir / split, mask_dir / split
     elif split not in ("train", "all"):
-        raise layout_error("folder", root, LAYOUT, f"split '{split}' needs {img_dir / split}/ (flat folders are "
-                           f"split 'train'); {describe_folder(img_dir)}")
+        raise layout_error(
+            "folder",
+            root,
+            LAYOUT,
+            f"split '{split}' needs {img_dir / split}/ (flat folders are split 'train'); {describe_folder(img_dir)}",
+        )
     images = index_folder(img_dir, IMAGE_EXTS)
     if not images:
         raise layout_error("folder", root, LAYOUT, f"no images (.png/.jpg) found: {describe_folder(img_dir)}")
@@ -119,8 +126,21 @@ def folder(root: str | Path, split: str = "train", size_mismatch: str = "error")
         masks = index_folder(mask_dir, (".png",), suffix=str(cfg.get("mask_suffix", "")))
         pairs = list(pair_by_stem(images, masks, "folder"))
         if not pairs:
-            raise layout_error("folder", root, LAYOUT, f"no image in {img_dir} has a mask of the same stem in "
-                               f"{mask_dir} (mask_suffix '{cfg.get('mask_suffix', '')}'); "
-                               f"{describe_folder(mask_dir)}")
-    return SegDataset(pairs, name="folder", root=str(root), split=split, lut=lut, class_names=names,
-                      size_mismatch=size_mismatch, unlabelled_reason=reason)
+            raise layout_error(
+                "folder",
+                root,
+                LAYOUT,
+                f"no image in {img_dir} has a mask of the same stem in "
+                f"{mask_dir} (mask_suffix '{cfg.get('mask_suffix', '')}'); "
+                f"{describe_folder(mask_dir)}",
+            )
+    return SegDataset(
+        pairs,
+        name="folder",
+        root=str(root),
+        split=split,
+        lut=lut,
+        class_names=names,
+        size_mismatch=size_mismatch,
+        unlabelled_reason=reason,
+    )

@@ -32,15 +32,18 @@ def index_folder(folder: Path, exts: tuple[str, ...] = IMAGE_EXTS, suffix: str =
     return out
 
 
-def select_split(pairs: list[tuple[str, str]], root: Path, split: str, name: str,
-                 layout: str) -> list[tuple[str, str]]:
+def select_split(pairs: list[tuple[str, str]], root: Path, split: str, name: str, layout: str) -> list[tuple[str, str]]:
     """All pairs for split train/all, else the ones named in ROOT/<split>.txt."""
     if split in ("train", "all"):
         return pairs
     listing = root / f"{split}.txt"
     if not listing.is_file():
-        raise layout_error(name, root, layout, f"split '{split}' needs a file list {listing}, which is missing "
-                           f"(only 'train'/'all' work without one)")
+        raise layout_error(
+            name,
+            root,
+            layout,
+            f"split '{split}' needs a file list {listing}, which is missing (only 'train'/'all' work without one)",
+        )
     wanted = {Path(line.strip()).stem for line in listing.read_text().splitlines() if line.strip()}
     chosen = [p for p in pairs if Path(p[0]).stem in wanted]
     if not chosen:

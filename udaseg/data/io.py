@@ -31,8 +31,10 @@ DataError = DatasetError
 
 
 def _open_error(path: str | Path, what: str, err: Exception) -> DatasetError:
-    return DatasetError(f"cannot read {what} {path}: {type(err).__name__}: {err}. "
-                        f"Expected a complete, readable PNG/JPEG file; re-copy or re-extract it.")
+    return DatasetError(
+        f"cannot read {what} {path}: {type(err).__name__}: {err}. "
+        f"Expected a complete, readable PNG/JPEG file; re-copy or re-extract it."
+    )
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -102,8 +104,10 @@ def read_label(path: str | Path) -> np.ndarray:
         raise DatasetError(f"label file not found: {path}") from err
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
         raise _open_error(path, "label", err) from err
-    raise DatasetError(f"label {path}: expected a single-channel id image (mode L, P or I;16), found mode "
-                       f"{found}. Colour visualisations (*_color.png) are not labels.")
+    raise DatasetError(
+        f"label {path}: expected a single-channel id image (mode L, P or I;16), found mode "
+        f"{found}. Colour visualisations (*_color.png) are not labels."
+    )
 
 
 def read_label_channel(path: str | Path, channel: int = 0) -> np.ndarray:
@@ -133,8 +137,10 @@ def read_png_array(path: str | Path, channel: int | None = None) -> np.ndarray:
             raise DatasetError(f"{path}: expected at least {channel + 1} channels, found {arr.shape[2]}")
         return arr[:, :, channel : channel + 1]
     if interlace:
-        raise DatasetError(f"{path}: interlaced 16-bit colour PNGs are not supported; expected a non-interlaced "
-                           f"PNG (re-save it without interlacing)")
+        raise DatasetError(
+            f"{path}: interlaced 16-bit colour PNGs are not supported; expected a non-interlaced "
+            f"PNG (re-save it without interlacing)"
+        )
     n_channels = _PNG_CHANNELS[color_type]
     if channel is not None and not 0 <= channel < n_channels:
         raise DatasetError(f"{path}: expected at least {channel + 1} channels, found {n_channels}")
@@ -165,8 +171,9 @@ def _idat_bytes(data: bytes, path: str | Path) -> bytes:
     return raw
 
 
-def _unfilter(raw: bytes, height: int, width: int, channels: int, sample_bytes: int, path,
-              channel: int | None = None) -> np.ndarray:
+def _unfilter(
+    raw: bytes, height: int, width: int, channels: int, sample_bytes: int, path, channel: int | None = None
+) -> np.ndarray:
     """Undo the PNG row filters. Returns (H, W, C) uint16 (big-endian samples combined); C = 1 with `channel`.
 
     Filters None/Sub/Up are vectorised per row. Average and Paeth depend on the reconstructed left neighbour, so
@@ -176,8 +183,10 @@ def _unfilter(raw: bytes, height: int, width: int, channels: int, sample_bytes: 
     bpp = channels * sample_bytes
     stride = width * bpp
     if len(raw) != height * (stride + 1):
-        raise DatasetError(f"{path}: expected {height * (stride + 1)} decompressed bytes for a {width}x{height} "
-                           f"PNG, found {len(raw)} (truncated or corrupt)")
+        raise DatasetError(
+            f"{path}: expected {height * (stride + 1)} decompressed bytes for a {width}x{height} "
+            f"PNG, found {len(raw)} (truncated or corrupt)"
+        )
     rows = np.frombuffer(raw, dtype=np.uint8).reshape(height, stride + 1)
     ftype = rows[:, 0].copy()
     if ftype.max(initial=0) > 4:

@@ -88,21 +88,45 @@ CLASSES: dict[str, tuple[str, ...]] = {"v1.2": tuple(_V12.split()), "v2.0": tupl
 # Cityscapes class -> the Mapillary classes (both versions) that are that class. Lane and crosswalk markings
 # (every `marking--*` / `marking-only--*` class) are painted road, as Cityscapes labels them.
 TO_CITYSCAPES: dict[str, tuple[str, ...]] = {
-    "road": ("construction--flat--road", "construction--flat--bike-lane", "construction--flat--crosswalk-plain",
-             "construction--flat--service-lane", "object--manhole", "object--pothole"),
-    "sidewalk": ("construction--flat--sidewalk", "construction--barrier--curb", "construction--flat--curb-cut",
-                 "construction--flat--pedestrian-area"),
+    "road": (
+        "construction--flat--road",
+        "construction--flat--bike-lane",
+        "construction--flat--crosswalk-plain",
+        "construction--flat--service-lane",
+        "object--manhole",
+        "object--pothole",
+    ),
+    "sidewalk": (
+        "construction--flat--sidewalk",
+        "construction--barrier--curb",
+        "construction--flat--curb-cut",
+        "construction--flat--pedestrian-area",
+    ),
     "building": ("construction--structure--building", "construction--structure--garage"),
     "wall": ("construction--barrier--wall",),
     "fence": ("construction--barrier--fence",),
-    "pole": ("object--support--pole", "object--support--pole-group", "object--support--utility-pole",
-             "object--support--traffic-sign-frame", "object--street-light"),
-    "traffic light": ("object--traffic-light", "object--traffic-light--cyclists",
-                      "object--traffic-light--general-horizontal", "object--traffic-light--general-single",
-                      "object--traffic-light--general-upright", "object--traffic-light--other",
-                      "object--traffic-light--pedestrians"),
-    "traffic sign": ("object--traffic-sign--front", "object--traffic-sign--direction-front",
-                     "object--traffic-sign--temporary-front", "object--traffic-sign--information-parking"),
+    "pole": (
+        "object--support--pole",
+        "object--support--pole-group",
+        "object--support--utility-pole",
+        "object--support--traffic-sign-frame",
+        "object--street-light",
+    ),
+    "traffic light": (
+        "object--traffic-light",
+        "object--traffic-light--cyclists",
+        "object--traffic-light--general-horizontal",
+        "object--traffic-light--general-single",
+        "object--traffic-light--general-upright",
+        "object--traffic-light--other",
+        "object--traffic-light--pedestrians",
+    ),
+    "traffic sign": (
+        "object--traffic-sign--front",
+        "object--traffic-sign--direction-front",
+        "object--traffic-sign--temporary-front",
+        "object--traffic-sign--information-parking",
+    ),
     "vegetation": ("nature--vegetation",),
     "terrain": ("nature--terrain", "nature--sand"),
     "sky": ("nature--sky",),
@@ -139,11 +163,15 @@ def read_config(root: Path, version: str) -> tuple[str, ...]:
     try:
         names = tuple(str(entry["name"]) for entry in json.loads(path.read_text())["labels"])
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise DatasetError(f"{path}: expected Mapillary's config JSON with a 'labels' list of {{'name': ...}} "
-                           f"entries ({type(err).__name__}: {err})") from err
+        raise DatasetError(
+            f"{path}: expected Mapillary's config JSON with a 'labels' list of {{'name': ...}} "
+            f"entries ({type(err).__name__}: {err})"
+        ) from err
     if "construction--flat--road" not in names or len(names) > 255:
-        raise DatasetError(f"{path}: expected the Mapillary Vistas {version} class list ({len(CLASSES[version])} "
-                           f"classes, 'construction--flat--road' among them), found {len(names)} names")
+        raise DatasetError(
+            f"{path}: expected the Mapillary Vistas {version} class list ({len(CLASSES[version])} "
+            f"classes, 'construction--flat--road' among them), found {len(names)} names"
+        )
     return names
 
 
@@ -155,8 +183,13 @@ def _version(value) -> str:
     return text
 
 
-def mapillary(root: str | Path, split: str = "train", version: str = "v1.2", labels: bool | None = None,
-              size_mismatch: str = "error") -> SegDataset:
+def mapillary(
+    root: str | Path,
+    split: str = "train",
+    version: str = "v1.2",
+    labels: bool | None = None,
+    size_mismatch: str = "error",
+) -> SegDataset:
     """Mapillary Vistas `split` (train/val/test = training/validation/testing) with the `version` label set."""
     root = Path(root).expanduser()
     require_root("mapillary", root, LAYOUT)
@@ -164,14 +197,23 @@ def mapillary(root: str | Path, split: str = "train", version: str = "v1.2", lab
     folder = root / SPLITS.get(split, split)
     found = index_folder(folder / "images", (".jpg", ".jpeg", ".png"))
     if not found:
-        raise layout_error("mapillary", root, LAYOUT, f"no images for split '{split}': "
-                           f"{describe_folder(folder / 'images')}")
+        raise layout_error(
+            "mapillary", root, LAYOUT, f"no images for split '{split}': {describe_folder(folder / 'images')}"
+        )
     label_dir = folder / version / "labels"
     if version == "v1.2" and not label_dir.is_dir() and (folder / "labels").is_dir():
         label_dir = folder / "labels"  # the v1.2-only release
     names = read_config(root, version)
     keys = sorted(found)
-    pairs, reason = match_labels("mapillary", root, LAYOUT, [found[k] for k in keys],
-                                 [label_dir / f"{k}.png" for k in keys], [label_dir], labels)
-    return SegDataset(pairs, name="mapillary", root=str(root), split=split, lut=class_lut(names),
-                      size_mismatch=size_mismatch, unlabelled_reason=reason)
+    pairs, reason = match_labels(
+        "mapillary", root, LAYOUT, [found[k] for k in keys], [label_dir / f"{k}.png" for k in keys], [label_dir], labels
+    )
+    return SegDataset(
+        pairs,
+        name="mapillary",
+        root=str(root),
+        split=split,
+        lut=class_lut(names),
+        size_mismatch=size_mismatch,
+        unlabelled_reason=reason,
+    )

@@ -77,8 +77,9 @@ def randomize(img: torch.Tensor, options, gen: torch.Generator, style: torch.Ten
 
 def enabled(options) -> bool:
     """Whether any randomisation is on (options: config.AugmentConfig or None)."""
-    return options is not None and any(getattr(options, k) > 0 for k in
-                                       ("jitter", "grayscale", "blur", "channel_shuffle", "fda"))
+    return options is not None and any(
+        getattr(options, k) > 0 for k in ("jitter", "grayscale", "blur", "channel_shuffle", "fda")
+    )
 
 
 def check(options) -> list[str]:

@@ -26,8 +26,13 @@ MIN_PIXEL_FRACTION = 3000 / (1914 * 1052)
 
 
 def _key(dataset) -> dict:
-    return {"name": dataset.name, "root": os.path.abspath(dataset.root), "split": dataset.split,
-            "len": len(dataset), "num_classes": dataset.num_classes}
+    return {
+        "name": dataset.name,
+        "root": os.path.abspath(dataset.root),
+        "split": dataset.split,
+        "len": len(dataset),
+        "num_classes": dataset.num_classes,
+    }
 
 
 def stats_path(dataset, cache_dir: str | Path) -> Path:
@@ -49,8 +54,9 @@ def compute_counts(dataset, workers: int = 8) -> tuple[np.ndarray, np.ndarray]:
     return hist[:, :c].astype(np.int64), hist.sum(axis=1).astype(np.int64)
 
 
-def class_stats(dataset, cache_dir: str | Path, workers: int = 8, counts: np.ndarray | None = None,
-                pixels: np.ndarray | None = None) -> np.ndarray:
+def class_stats(
+    dataset, cache_dir: str | Path, workers: int = 8, counts: np.ndarray | None = None, pixels: np.ndarray | None = None
+) -> np.ndarray:
     """(N, C) int64 class pixel counts per image of `dataset`, read from `cache_dir` (the run folder) when they
     were already computed for the same dataset (name, root, split, length), else computed and cached there.
 
@@ -69,8 +75,16 @@ def class_stats(dataset, cache_dir: str | Path, workers: int = 8, counts: np.nda
         counts, pixels = compute_counts(dataset, workers)
     counts = np.asarray(counts, dtype=np.int64).reshape(len(dataset), dataset.num_classes)
     # atomic (concurrent ranks write identical content)
-    write_json(path, {"key": key, "classes": list(dataset.class_names), "counts": counts.tolist(),
-                      "pixels": np.asarray(pixels).tolist()}, indent=None)
+    write_json(
+        path,
+        {
+            "key": key,
+            "classes": list(dataset.class_names),
+            "counts": counts.tolist(),
+            "pixels": np.asarray(pixels).tolist(),
+        },
+        indent=None,
+    )
     return counts
 
 

@@ -59,11 +59,14 @@ class Subsample:
         try:
             self.every, self.min_interval_s = int(self.every), float(self.min_interval_s)
         except (TypeError, ValueError) as e:
-            raise RecordingError(f"recording options: every must be an integer and min_interval_s a number "
-                                 f"({e})") from e
+            raise RecordingError(
+                f"recording options: every must be an integer and min_interval_s a number ({e})"
+            ) from e
         if self.every < 1 or self.min_interval_s < 0 or not np.isfinite(self.min_interval_s):
-            raise RecordingError(f"recording options: expected every >= 1 and min_interval_s >= 0, found every="
-                               f"{self.every}, min_interval_s={self.min_interval_s}")
+            raise RecordingError(
+                f"recording options: expected every >= 1 and min_interval_s >= 0, found every="
+                f"{self.every}, min_interval_s={self.min_interval_s}"
+            )
         self._last: int | None = None
 
     def reset(self) -> None:
@@ -80,7 +83,8 @@ class Subsample:
 
     def __str__(self) -> str:
         parts = ([f"every={self.every}"] if self.every > 1 else []) + (
-            [f"min_interval_s={self.min_interval_s:g}"] if self.min_interval_s else [])
+            [f"min_interval_s={self.min_interval_s:g}"] if self.min_interval_s else []
+        )
         return ", ".join(parts) or "all frames"
 
 
@@ -105,9 +109,15 @@ class RecordingDataset(SegDataset):
 
     def __init__(self, source, frames: list, *, name: str, split: str) -> None:
         files = [(f"{source.describe()} frame {f.index}", None) for f in frames]
-        super().__init__(files, name=name, root=str(source.path), split=split, lut=np.arange(256, dtype=np.int16),
-                         class_names=CLASS_NAMES, unlabelled_reason=f"{source.describe()} is a recording: it has no "
-                         f"labels")
+        super().__init__(
+            files,
+            name=name,
+            root=str(source.path),
+            split=split,
+            lut=np.arange(256, dtype=np.int16),
+            class_names=CLASS_NAMES,
+            unlabelled_reason=f"{source.describe()} is a recording: it has no labels",
+        )
         self.source, self.frames = source, frames  # frames: the source's locators, picklable
 
     def __repr__(self) -> str:
@@ -118,9 +128,11 @@ class RecordingDataset(SegDataset):
 
     def require_labels(self, what: str = "evaluation") -> None:
         """Raise the error a use that needs labels (evaluation, a source domain) should give."""
-        raise DatasetError(f"{self.source.describe()} has no labels, so it cannot be used for {what}: give a labelled "
-                           f"validation set (data.val=cityscapes:ROOT, folder:ROOT with masks), or train without "
-                           f"evaluation (--no-eval)")
+        raise DatasetError(
+            f"{self.source.describe()} has no labels, so it cannot be used for {what}: give a labelled "
+            f"validation set (data.val=cityscapes:ROOT, folder:ROOT with masks), or train without "
+            f"evaluation (--no-eval)"
+        )
 
     def frame(self, i: int) -> Frame:
         return self.source.read(self.frames[i])
@@ -154,8 +166,11 @@ def build(source, options: dict, spec_options: dict[str, str], *, name: str, spl
 
         warnings.warn(f"{fault}; using the {len(frames)} frames before it", DatasetWarning, stacklevel=3)
     if not frames:
-        why = fault or ("it holds no readable frames (empty or damaged)" if sub.every == 1 and not sub.min_interval_s
-                        else f"none is left after subsampling ({sub})")
+        why = fault or (
+            "it holds no readable frames (empty or damaged)"
+            if sub.every == 1 and not sub.min_interval_s
+            else f"none is left after subsampling ({sub})"
+        )
         raise RecordingError(f"{source.describe()}: no frames to use: {why}")
     return RecordingDataset(source, frames, name=name, split=split)
 
@@ -192,8 +207,9 @@ class ProcessLocal:
         self.__init__()
 
 
-def rosbag(root: str | Path, split: str = "train", every: int | None = None,
-           min_interval_s: float | None = None) -> RecordingDataset:
+def rosbag(
+    root: str | Path, split: str = "train", every: int | None = None, min_interval_s: float | None = None
+) -> RecordingDataset:
     """`rosbag:PATH[:TOPIC][:every=N][:min_interval_s=X]` (see the module docstring)."""
     from udaseg.data.rosbag import BagSource
 
@@ -206,8 +222,9 @@ def rosbag(root: str | Path, split: str = "train", every: int | None = None,
     return build(BagSource(path, topic), options, spec_options, name="rosbag", split=split)
 
 
-def video(root: str | Path, split: str = "train", every: int | None = None,
-          min_interval_s: float | None = None) -> RecordingDataset:
+def video(
+    root: str | Path, split: str = "train", every: int | None = None, min_interval_s: float | None = None
+) -> RecordingDataset:
     """`video:PATH[:every=N][:min_interval_s=X]` (see the module docstring)."""
     from udaseg.data.video import VideoSource
 

@@ -78,8 +78,10 @@ def image_to_rgb(msg) -> np.ndarray:
     c = CHANNELS.get(enc, 1)
     data = np.asarray(msg.data, dtype=np.uint8).reshape(-1)
     if h < 1 or w < 1 or step < w * c or data.size < h * step:
-        raise ValueError(f"{enc} image of {w}x{h} pixels with step {step} needs {h * max(step, w * c)} bytes, "
-                         f"the message holds {data.size}")
+        raise ValueError(
+            f"{enc} image of {w}x{h} pixels with step {step} needs {h * max(step, w * c)} bytes, "
+            f"the message holds {data.size}"
+        )
     pixels = data[: h * step].reshape(h, step)[:, : w * c].reshape(h, w, c)
     if enc in BAYER:
         return demosaic(pixels[..., 0], BAYER[enc])
@@ -314,14 +316,18 @@ class BagSource:
         listing = ", ".join(f"{t} ({topics[t].rsplit('/', 1)[-1]})" for t in images) or "none"
         if topic is None:
             if len(images) != 1:
-                raise RecordingError(f"{self.path}: name the camera topic (rosbag:PATH:TOPIC, --topic): image topics "
-                                     f"in this bag: {listing}")
+                raise RecordingError(
+                    f"{self.path}: name the camera topic (rosbag:PATH:TOPIC, --topic): image topics "
+                    f"in this bag: {listing}"
+                )
             topic = images[0]
         elif topic not in topics:
             raise RecordingError(f"{self.path}: no topic {topic!r}; image topics in this bag: {listing}")
         elif topics[topic] not in IMAGE_TYPES:
-            raise RecordingError(f"{self.path}: topic {topic} holds {topics[topic]}, not sensor_msgs/Image or "
-                                 f"CompressedImage; image topics in this bag: {listing}")
+            raise RecordingError(
+                f"{self.path}: topic {topic} holds {topics[topic]}, not sensor_msgs/Image or "
+                f"CompressedImage; image topics in this bag: {listing}"
+            )
         self.topic, self.msgtype = topic, topics[topic]
         self._types = None
 
@@ -354,8 +360,10 @@ class BagSource:
 
     def fault(self, why: str, count: int, part: Path) -> RecordingError:
         where = f" ({part.name})" if part != self.path else ""
-        return RecordingError(f"{self.path}{where} topic {self.topic}: the bag is truncated or damaged after "
-                              f"{count} messages of the topic: {why}")
+        return RecordingError(
+            f"{self.path}{where} topic {self.topic}: the bag is truncated or damaged after "
+            f"{count} messages of the topic: {why}"
+        )
 
     def index(self, sub: Subsample) -> tuple[list[BagFrame], str | None]:
         """The kept frames' locators, and the fault that ended the reading early (None: read to the end)."""

@@ -64,12 +64,38 @@ class Domain:
 DOMAINS: dict[str, Domain] = {
     "source": Domain(S.SceneStats(), DomainStyle(saturation=1.35, stuff_jitter=0.03, thing_jitter=0.15)),
     "target": Domain(
-        S.SceneStats(horizon=(0.4, 0.52), cars=3.5, parked_cars=2.5, trucks=0.3, buses=0.35, train_prob=0.1,
-                     persons=4.5, riders=1.2, bicycles=1.0, motorcycles=0.3, poles=4.0, trees=3.0, terrain=0.6,
-                     vehicle_scale=0.9, person_scale=1.1),
-        DomainStyle(hue_shift=20.0, saturation=0.9, brightness=0.95, stuff_jitter=0.05, thing_jitter=0.15,
-                    image_brightness=0.15, image_hue=10.0, texture=0.12, noise=0.04, blur=0.8, lighting=0.35,
-                    haze=0.35)),
+        S.SceneStats(
+            horizon=(0.4, 0.52),
+            cars=3.5,
+            parked_cars=2.5,
+            trucks=0.3,
+            buses=0.35,
+            train_prob=0.1,
+            persons=4.5,
+            riders=1.2,
+            bicycles=1.0,
+            motorcycles=0.3,
+            poles=4.0,
+            trees=3.0,
+            terrain=0.6,
+            vehicle_scale=0.9,
+            person_scale=1.1,
+        ),
+        DomainStyle(
+            hue_shift=20.0,
+            saturation=0.9,
+            brightness=0.95,
+            stuff_jitter=0.05,
+            thing_jitter=0.15,
+            image_brightness=0.15,
+            image_hue=10.0,
+            texture=0.12,
+            noise=0.04,
+            blur=0.8,
+            lighting=0.35,
+            haze=0.35,
+        ),
+    ),
 }
 
 # Natural base colour per train id (RGB 0..255), before a domain's style.
@@ -141,8 +167,9 @@ def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
     return img
 
 
-def _photometric(img: np.ndarray, label: np.ndarray, hz: float, style: DomainStyle,
-                 rng: np.random.Generator) -> np.ndarray:
+def _photometric(
+    img: np.ndarray, label: np.ndarray, hz: float, style: DomainStyle, rng: np.random.Generator
+) -> np.ndarray:
     """Texture, lighting, haze, blur and sensor noise on an (H, W, 3) float image."""
     h, w = label.shape
     scale = w / DEFAULT_SIZE[1]
@@ -169,8 +196,9 @@ def _photometric(img: np.ndarray, label: np.ndarray, hz: float, style: DomainSty
     return img
 
 
-def render_scene(seed: int, domain: str | Domain, split: str, index: int,
-                 size: tuple[int, int] = DEFAULT_SIZE) -> tuple[np.ndarray, np.ndarray]:
+def render_scene(
+    seed: int, domain: str | Domain, split: str, index: int, size: tuple[int, int] = DEFAULT_SIZE
+) -> tuple[np.ndarray, np.ndarray]:
     """One scene: ((H, W, 3) uint8 image, (H, W) uint8 train-id label), deterministic from the arguments."""
     dom, name = (DOMAINS[domain], domain) if isinstance(domain, str) else (domain, "custom")
     key = [seed, zlib.crc32(name.encode()), zlib.crc32(split.encode()), index]
@@ -194,12 +222,20 @@ def default_cache() -> Path:
 
 def _meta(domain: str, dom: Domain, split: str, count: int, size: tuple[int, int], seed: int) -> dict:
     definition = json.dumps({"stats": asdict(dom.stats), "style": asdict(dom.style)}, sort_keys=True)
-    return {"version": VERSION, "domain": domain, "split": split, "count": count, "size": list(size), "seed": seed,
-            "definition": hashlib.sha1(definition.encode()).hexdigest()[:16]}
+    return {
+        "version": VERSION,
+        "domain": domain,
+        "split": split,
+        "count": count,
+        "size": list(size),
+        "seed": seed,
+        "definition": hashlib.sha1(definition.encode()).hexdigest()[:16],
+    }
 
 
-def _write_range(out: str, seed: int, domain: str | Domain, split: str, start: int, stop: int,
-                 size: tuple[int, int]) -> None:
+def _write_range(
+    out: str, seed: int, domain: str | Domain, split: str, start: int, stop: int, size: tuple[int, int]
+) -> None:
     for i in range(start, stop):
         image, label = render_scene(seed, domain, split, i, size)
         # the whole folder is renamed into place when complete, so single files need no atomic write
@@ -207,8 +243,16 @@ def _write_range(out: str, seed: int, domain: str | Domain, split: str, start: i
         write_label(Path(out) / "labels" / f"{i:05d}.png", label, atomic=False)
 
 
-def generate(root: str | Path, domain: str, split: str, count: int, size: tuple[int, int] = DEFAULT_SIZE,
-             seed: int = 0, workers: int | None = None, dom: Domain | None = None) -> Path:
+def generate(
+    root: str | Path,
+    domain: str,
+    split: str,
+    count: int,
+    size: tuple[int, int] = DEFAULT_SIZE,
+    seed: int = 0,
+    workers: int | None = None,
+    dom: Domain | None = None,
+) -> Path:
     """Make sure `root/<domain>/<split>-<H>x<W>-n<count>-seed<seed>` holds `count` scenes matching the meta
     (version and domain definition included); generate them if not.
 
@@ -254,9 +298,15 @@ def _meta_matches(out: Path, meta: dict) -> bool:
         return False
 
 
-def synthetic(root: str | Path | None = None, split: str = "train", domain: str = "target",
-              count: int | dict[str, int] | None = None, size: tuple[int, int] = DEFAULT_SIZE, seed: int = 0,
-              workers: int | None = None) -> SegDataset:
+def synthetic(
+    root: str | Path | None = None,
+    split: str = "train",
+    domain: str = "target",
+    count: int | dict[str, int] | None = None,
+    size: tuple[int, int] = DEFAULT_SIZE,
+    seed: int = 0,
+    workers: int | None = None,
+) -> SegDataset:
     """The synthetic benchmark's `domain` (source/target) `split` (train/val), generated on first use.
 
     `count`: images in this split, or a {split: count} dict (defaults: train 600, val 150); `size`: (H, W);

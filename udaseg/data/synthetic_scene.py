@@ -146,8 +146,14 @@ class View:
         """A vertical surface along a ground line, between closeness u0 < u1, from z0 to z1 metres up."""
         xa, xb = self.along(x_bottom, u0), self.along(x_bottom, u1)
         ya, yb = self.row(u0), self.row(u1)
-        return np.array([(xa, ya - self.px(u0, z0)), (xb, yb - self.px(u1, z0)),
-                         (xb, yb - self.px(u1, z1)), (xa, ya - self.px(u0, z1))])
+        return np.array(
+            [
+                (xa, ya - self.px(u0, z0)),
+                (xb, yb - self.px(u1, z0)),
+                (xb, yb - self.px(u1, z1)),
+                (xa, ya - self.px(u0, z1)),
+            ]
+        )
 
 
 def _u_sorted(rng: np.random.Generator, n: int, lo: float, hi: float) -> np.ndarray:
@@ -164,8 +170,13 @@ def _background(c: Canvas, v: View, rng: np.random.Generator) -> None:
     if rng.random() < 0.7:
         inst = c.instance(VEGETATION)
         for _ in range(rng.integers(3, 9)):
-            c.ellipse(v.hz - rng.uniform(0, 0.04) * v.h, rng.uniform(0, v.w), rng.uniform(0.02, 0.07) * v.h,
-                      rng.uniform(0.04, 0.12) * v.w, inst)
+            c.ellipse(
+                v.hz - rng.uniform(0, 0.04) * v.h,
+                rng.uniform(0, v.w),
+                rng.uniform(0.02, 0.07) * v.h,
+                rng.uniform(0.04, 0.12) * v.w,
+                inst,
+            )
 
 
 def _ground(c: Canvas, v: View, rng: np.random.Generator, s: SceneStats) -> dict:
@@ -175,8 +186,7 @@ def _ground(c: Canvas, v: View, rng: np.random.Generator, s: SceneStats) -> dict
     walk_l = road_l - rng.uniform(0.2, 0.6) * v.w
     walk_r = road_r + rng.uniform(0.2, 0.6) * v.w
     # walk_*: sidewalk outer edge; base_*: where building facades stand (a grass verge may lie in between)
-    lines = {"road_l": road_l, "road_r": road_r, "walk_l": walk_l, "walk_r": walk_r, "base_l": walk_l,
-             "base_r": walk_r}
+    lines = {"road_l": road_l, "road_r": road_r, "walk_l": walk_l, "walk_r": walk_r, "base_l": walk_l, "base_r": walk_r}
     hz, h = v.hz, v.h
     far = 2.0 * v.w  # far outside the image so the ground reaches the borders
     c.polygon([(v.vx - far, h), (v.vx - far, hz), (v.vx + far, hz), (v.vx + far, h)], c.instance(SIDEWALK))
@@ -193,8 +203,12 @@ def _ground(c: Canvas, v: View, rng: np.random.Generator, s: SceneStats) -> dict
     x_mid = v.vx + (road_l + road_r - 2 * v.vx) * rng.uniform(0.35, 0.65)
     for u0 in np.arange(0.05, 1.0, 0.16):  # dashed centre line; dashes grow with closeness
         u1 = u0 + 0.07
-        pts = [(v.along(x_mid, u0) - v.px(u0, 0.1), v.row(u0)), (v.along(x_mid, u0) + v.px(u0, 0.1), v.row(u0)),
-               (v.along(x_mid, u1) + v.px(u1, 0.1), v.row(u1)), (v.along(x_mid, u1) - v.px(u1, 0.1), v.row(u1))]
+        pts = [
+            (v.along(x_mid, u0) - v.px(u0, 0.1), v.row(u0)),
+            (v.along(x_mid, u0) + v.px(u0, 0.1), v.row(u0)),
+            (v.along(x_mid, u1) + v.px(u1, 0.1), v.row(u1)),
+            (v.along(x_mid, u1) - v.px(u1, 0.1), v.row(u1)),
+        ]
         c.polygon(pts, mark)
     return lines
 
@@ -225,8 +239,13 @@ def _roadside(c: Canvas, v: View, rng: np.random.Generator, s: SceneStats, lines
         inst = c.instance(VEGETATION)
         c.rect(v.row(u) - v.px(u, 3.5), v.row(u), x - v.px(u, 0.15), x + v.px(u, 0.15), c.instance(VEGETATION, DARK))
         for _ in range(rng.integers(2, 5)):
-            c.ellipse(v.row(u) - v.px(u, rng.uniform(4, 6.5)), x + v.px(u, rng.uniform(-1.2, 1.2)),
-                      v.px(u, rng.uniform(1.2, 2.2)), v.px(u, rng.uniform(1.3, 2.4)), inst)
+            c.ellipse(
+                v.row(u) - v.px(u, rng.uniform(4, 6.5)),
+                x + v.px(u, rng.uniform(-1.2, 1.2)),
+                v.px(u, rng.uniform(1.2, 2.2)),
+                v.px(u, rng.uniform(1.3, 2.4)),
+                inst,
+            )
 
 
 def _poles(c: Canvas, v: View, rng: np.random.Generator, s: SceneStats, lines: dict) -> None:
@@ -262,18 +281,37 @@ def _car(c: Canvas, v: View, u: float, x: float, rng: np.random.Generator, scale
     half, body = v.px(u, wm / 2), c.instance(CAR)
     c.rect(y - v.px(u, hm * 0.6), y - v.px(u, 0.15), x - half, x + half, body)
     top = y - v.px(u, hm)
-    c.polygon([(x - half * 0.9, y - v.px(u, hm * 0.58)), (x + half * 0.9, y - v.px(u, hm * 0.58)),
-               (x + half * 0.7, top), (x - half * 0.7, top)], body)
+    c.polygon(
+        [
+            (x - half * 0.9, y - v.px(u, hm * 0.58)),
+            (x + half * 0.9, y - v.px(u, hm * 0.58)),
+            (x + half * 0.7, top),
+            (x - half * 0.7, top),
+        ],
+        body,
+    )
     glass = c.instance(CAR, GLASS, like=body)
-    c.polygon([(x - half * 0.78, y - v.px(u, hm * 0.62)), (x + half * 0.78, y - v.px(u, hm * 0.62)),
-               (x + half * 0.62, top + v.px(u, 0.1)), (x - half * 0.62, top + v.px(u, 0.1))], glass)
+    c.polygon(
+        [
+            (x - half * 0.78, y - v.px(u, hm * 0.62)),
+            (x + half * 0.78, y - v.px(u, hm * 0.62)),
+            (x + half * 0.62, top + v.px(u, 0.1)),
+            (x - half * 0.62, top + v.px(u, 0.1)),
+        ],
+        glass,
+    )
     dark = c.instance(CAR, DARK)
     for sx in (-1, 1):
         c.rect(y - v.px(u, 0.35), y, x + sx * half * 0.8 - v.px(u, 0.14), x + sx * half * 0.8 + v.px(u, 0.14), dark)
     lamp = c.instance(CAR, LIGHTPART)
     for sx in (-1, 1):
-        c.rect(y - v.px(u, 0.75), y - v.px(u, 0.6), x + sx * half * 0.85 - v.px(u, 0.12),
-               x + sx * half * 0.85 + v.px(u, 0.12), lamp)
+        c.rect(
+            y - v.px(u, 0.75),
+            y - v.px(u, 0.6),
+            x + sx * half * 0.85 - v.px(u, 0.12),
+            x + sx * half * 0.85 + v.px(u, 0.12),
+            lamp,
+        )
 
 
 def _parked_car(c: Canvas, v: View, u: float, base: float, rng: np.random.Generator, scale: float) -> None:
@@ -283,8 +321,10 @@ def _parked_car(c: Canvas, v: View, u: float, base: float, rng: np.random.Genera
     c.polygon(v.side_quad(base, u, u1, 0.25, 0.95 * scale), body)
     ua, ub = u + (u1 - u) * 0.2, u + (u1 - u) * 0.75
     c.polygon(v.side_quad(base, ua, ub, 0.9 * scale, 1.45 * scale), body)
-    c.polygon(v.side_quad(base, ua + (ub - ua) * 0.1, ub - (ub - ua) * 0.1, 1.0 * scale, 1.35 * scale),
-              c.instance(CAR, GLASS, like=body))
+    c.polygon(
+        v.side_quad(base, ua + (ub - ua) * 0.1, ub - (ub - ua) * 0.1, 1.0 * scale, 1.35 * scale),
+        c.instance(CAR, GLASS, like=body),
+    )
     dark = c.instance(CAR, DARK)
     for uw in (u + (u1 - u) * 0.18, u + (u1 - u) * 0.82):
         r = v.px(uw, 0.33 * scale)
@@ -304,13 +344,18 @@ def _big_vehicle(c: Canvas, v: View, u: float, x: float, rng: np.random.Generato
     for sx in (-1, 1):
         c.rect(y - v.px(u, 0.45), y, x + sx * half * 0.75 - v.px(u, 0.2), x + sx * half * 0.75 + v.px(u, 0.2), dark)
     if cls == BUS:
-        c.rect(y - v.px(u, hm * 0.85), y - v.px(u, hm * 0.5), x - half * 0.85, x + half * 0.85,
-               c.instance(BUS, GLASS, like=inst))
+        c.rect(
+            y - v.px(u, hm * 0.85),
+            y - v.px(u, hm * 0.5),
+            x - half * 0.85,
+            x + half * 0.85,
+            c.instance(BUS, GLASS, like=inst),
+        )
     else:
-        c.rect(y - v.px(u, hm * 0.95), y - v.px(u, hm * 0.35), x - half * 0.9, x - half * 0.86,
-               c.instance(TRUCK, DARK))  # door seam
-        c.rect(y - v.px(u, hm * 0.95), y - v.px(u, hm * 0.35), x + half * 0.86, x + half * 0.9,
-               c.instance(TRUCK, DARK))
+        c.rect(
+            y - v.px(u, hm * 0.95), y - v.px(u, hm * 0.35), x - half * 0.9, x - half * 0.86, c.instance(TRUCK, DARK)
+        )  # door seam
+        c.rect(y - v.px(u, hm * 0.95), y - v.px(u, hm * 0.35), x + half * 0.86, x + half * 0.9, c.instance(TRUCK, DARK))
 
 
 def _train(c: Canvas, v: View, u: float, rng: np.random.Generator) -> None:
@@ -325,8 +370,16 @@ def _train(c: Canvas, v: View, u: float, rng: np.random.Generator) -> None:
     c.rect(y - v.px(u, 0.2), y, x0, x0 + length, c.instance(TRAIN, DARK))
 
 
-def _person(c: Canvas, v: View, u: float, x: float, rng: np.random.Generator, scale: float, cls: int = PERSON,
-            seated: bool = False) -> None:
+def _person(
+    c: Canvas,
+    v: View,
+    u: float,
+    x: float,
+    rng: np.random.Generator,
+    scale: float,
+    cls: int = PERSON,
+    seated: bool = False,
+) -> None:
     """Legs, torso, arms, head; `seated` (a rider) draws no legs below the saddle and lifts the body."""
     hm = rng.uniform(1.55, 1.9) * scale
     y = v.row(u) - (v.px(u, 0.75) if seated else 0)
@@ -340,14 +393,21 @@ def _person(c: Canvas, v: View, u: float, x: float, rng: np.random.Generator, sc
         c.rect(y - v.px(u, hm * 0.47), y, x - half, x - gap, legs)
         c.rect(y - v.px(u, hm * 0.47), y, x + gap, x + half, legs)
     lean = v.px(u, 0.15) if seated else 0.0
-    c.polygon([(x - half * 1.05, y - v.px(u, hm * 0.47)), (x + half * 1.05, y - v.px(u, hm * 0.47)),
-               (x + half * 1.1 + lean, y - v.px(u, hm * 0.82)), (x - half * 1.1 + lean, y - v.px(u, hm * 0.82))],
-              top)
+    c.polygon(
+        [
+            (x - half * 1.05, y - v.px(u, hm * 0.47)),
+            (x + half * 1.05, y - v.px(u, hm * 0.47)),
+            (x + half * 1.1 + lean, y - v.px(u, hm * 0.82)),
+            (x - half * 1.1 + lean, y - v.px(u, hm * 0.82)),
+        ],
+        top,
+    )
     c.ellipse(y - v.px(u, hm * 0.9), x + lean, v.px(u, hm * 0.075), v.px(u, hm * 0.06), c.instance(cls, SKIN))
 
 
-def _two_wheeler(c: Canvas, v: View, u: float, x: float, rng: np.random.Generator, cls: int,
-                 rider: bool, scale: float) -> None:
+def _two_wheeler(
+    c: Canvas, v: View, u: float, x: float, rng: np.random.Generator, cls: int, rider: bool, scale: float
+) -> None:
     """Side view bicycle (rings + frame) or motorcycle (solid wheels + body), optionally with a rider."""
     y, r = v.row(u), v.px(u, 0.34 * scale)
     gap = v.px(u, 0.55 * scale)
@@ -356,8 +416,17 @@ def _two_wheeler(c: Canvas, v: View, u: float, x: float, rng: np.random.Generato
     for sx in (-1, 1):
         c.ellipse(y - r, x + sx * gap, r, r, dark, inner=0.7 if cls == BICYCLE else 0.0)
     thick = v.px(u, 0.05 if cls == BICYCLE else 0.2)
-    c.polygon([(x - gap, y - r), (x - gap + thick, y - r - thick), (x + thick, y - r * 2.2),
-               (x + gap + thick, y - r), (x + gap, y - r + thick), (x, y - r * 2.2 + thick)], inst)
+    c.polygon(
+        [
+            (x - gap, y - r),
+            (x - gap + thick, y - r - thick),
+            (x + thick, y - r * 2.2),
+            (x + gap + thick, y - r),
+            (x + gap, y - r + thick),
+            (x, y - r * 2.2 + thick),
+        ],
+        inst,
+    )
     if cls == MOTORCYCLE:
         c.ellipse(y - r * 1.9, x, r * 0.7, gap * 0.8, inst)
     if rider:

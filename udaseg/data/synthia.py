@@ -40,5 +40,12 @@ def synthia(root: str | Path, split: str = "train", size_mismatch: str = "error"
     if not pairs:
         raise layout_error("synthia", root, LAYOUT, "no image in RGB/ has a label of the same name in GT/LABELS/")
     pairs = select_split(pairs, root, split, "synthia", LAYOUT)
-    return SegDataset(pairs, name="synthia", root=str(root), split=split, lut=SYNTHIA_LUT,
-                      label_reader=read_synthia_label, size_mismatch=size_mismatch)
+    return SegDataset(
+        pairs,
+        name="synthia",
+        root=str(root),
+        split=split,
+        lut=SYNTHIA_LUT,
+        label_reader=read_synthia_label,
+        size_mismatch=size_mismatch,
+    )

@@ -67,8 +67,13 @@ def pad_to(img: torch.Tensor, lbl: torch.Tensor, size: Size) -> tuple[torch.Tens
     return F.pad(img, (0, pw, 0, ph), value=0.0), F.pad(lbl, (0, pw, 0, ph), value=IGNORE_INDEX)
 
 
-def random_scale_crop(img: torch.Tensor, lbl: torch.Tensor, crop: int | Size, scale_range: tuple[float, float] | None,
-                      gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def random_scale_crop(
+    img: torch.Tensor,
+    lbl: torch.Tensor,
+    crop: int | Size,
+    scale_range: tuple[float, float] | None,
+    gen: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Rescale by a random factor, pad if needed, then take a random crop.
 
     Args:
@@ -96,7 +101,7 @@ def _as_batch(img: torch.Tensor) -> tuple[torch.Tensor, bool]:
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) -> (B, 1, H, W) luma (ITU-R 601)."""
-    return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
 
 
 def _hue_rotate(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
@@ -122,8 +127,7 @@ def color_jitter(img: torch.Tensor, strength: float, gen: torch.Generator, p: fl
     b = x.shape[0]
     dev = x.device
     apply = (torch.rand(b, generator=gen) < p).to(dev).view(b, 1, 1, 1)
-    bright, contrast, sat = (_uniform(gen, b, 1 - strength, 1 + strength).to(dev).view(b, 1, 1, 1)
-                             for _ in range(3))
+    bright, contrast, sat = (_uniform(gen, b, 1 - strength, 1 + strength).to(dev).view(b, 1, 1, 1) for _ in range(3))
     hs = min(strength, 0.5)
     hue = _uniform(gen, b, -hs, hs).to(dev) * (2 * math.pi)
     y = (x * bright).clamp(0, 1)
@@ -172,8 +176,14 @@ def gaussian_blur(img: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tenso
     return out if batched else out.squeeze(0)
 
 
-def strong_view(img: torch.Tensor, gen: torch.Generator, jitter: float = 0.2, p_jitter: float = 0.2,
-                p_blur: float = 0.5, sigma_range: tuple[float, float] = (0.15, 1.15)) -> torch.Tensor:
+def strong_view(
+    img: torch.Tensor,
+    gen: torch.Generator,
+    jitter: float = 0.2,
+    p_jitter: float = 0.2,
+    p_blur: float = 0.5,
+    sigma_range: tuple[float, float] = (0.15, 1.15),
+) -> torch.Tensor:
     """DACS/DAFormer strong view: colour jitter then Gaussian blur, per image. (B, 3, H, W) -> same shape.
 
     The weak view is the crop itself (flip already applied by the dataset), so weak and strong views of the
@@ -188,8 +198,7 @@ def strong_view(img: torch.Tensor, gen: torch.Generator, jitter: float = 0.2, p_
     return x if batched else x.squeeze(0)
 
 
-def class_mix_masks(labels: torch.Tensor, gen: torch.Generator,
-                    ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+def class_mix_masks(labels: torch.Tensor, gen: torch.Generator, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """ClassMix masks: for each image, half of its present classes (rounded up) drawn at random.
 
     Args:

@@ -62,8 +62,10 @@ class VideoSource:
                 self.rate = Fraction(rate) if rate else Fraction(30)
                 self.codec = stream.codec_context.name
         except av.error.FFmpegError as e:
-            raise RecordingError(f"{self.path}: not a readable video ({e}); if it was cut short before its index "
-                                 f"was written, it cannot be read") from e
+            raise RecordingError(
+                f"{self.path}: not a readable video ({e}); if it was cut short before its index "
+                f"was written, it cannot be read"
+            ) from e
         self.topic = None
         self._dec = ProcessLocal()
         self._pts_index: dict[int, int] = {}
@@ -114,8 +116,9 @@ class VideoSource:
         key_of = [bisect.bisect_right(keys, p) - 1 for p in pts]  # position in `keys`, -1 before the first
         key_index = [self._pts_index[keys[k]] if k >= 0 else 0 for k in key_of]
         sub.reset()
-        frames = [VideoFrame(i, p, self.time_ns(p), key_index[i]) for i, p in enumerate(pts)
-                  if sub.keep(i, self.time_ns(p))]
+        frames = [
+            VideoFrame(i, p, self.time_ns(p), key_index[i]) for i, p in enumerate(pts) if sub.keep(i, self.time_ns(p))
+        ]
         return frames, fault
 
     def _opener(self):

@@ -1,7 +1,7 @@
 """The run folder: never overwritten by another run; resumed only by the same run.
 
-    claim(out, resume, overwrite)    refuse a folder holding a run, unless --resume (same run) or --overwrite
-    check_same_run(out, cfg)         --resume of a run whose config differs: name the keys that differ
+claim(out, resume, overwrite)    refuse a folder holding a run, unless --resume (same run) or --overwrite
+check_same_run(out, cfg)         --resume of a run whose config differs: name the keys that differ
 """
 
 from __future__ import annotations
@@ -30,8 +30,10 @@ def claim(out: Path, resume: bool, overwrite: bool) -> None:
         raise UserError(f"--out {out}: is a file, not a folder")
     held = held_files(out) if out.is_dir() else []
     if held and not (resume or overwrite):
-        raise UserError(f"--out {out} already holds a run ({', '.join(held)}): continue it with --resume, "
-                        f"replace it with --overwrite, or choose another --out")
+        raise UserError(
+            f"--out {out} already holds a run ({', '.join(held)}): continue it with --resume, "
+            f"replace it with --overwrite, or choose another --out"
+        )
     if overwrite:
         for name in held:
             (out / name).unlink()
@@ -53,7 +55,10 @@ def check_same_run(out: Path, cfg: Config) -> list[str]:
         raise ConfigError(f"{path}: cannot read the run's config ({e}); fix it or start a new run") from e
     changed, free = resume_diff(saved, cfg)
     if changed:
-        raise ConfigError(f"--resume {out}: this config differs from the run's ({path}) in {len(changed)} key(s): "
-                          + "; ".join(changed) + ". Resume with the run's own settings (drop the --set/--config that "
-                          "change them), or start a new run in another --out")
+        raise ConfigError(
+            f"--resume {out}: this config differs from the run's ({path}) in {len(changed)} key(s): "
+            + "; ".join(changed)
+            + ". Resume with the run's own settings (drop the --set/--config that "
+            "change them), or start a new run in another --out"
+        )
     return [f"--resume: {s} (does not change what is computed)" for s in free]

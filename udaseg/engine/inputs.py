@@ -22,8 +22,7 @@ def build_datasets(cfg: Config) -> dict:
         return build_dataset(spec, split=split, role=role, **dataset_options(spec, d))  # data.<name> options
 
     val = dataset(d.val or d.target, d.val_split, "target") if cfg.train.evaluate else None
-    return {"source": dataset(d.source, "train", "source"), "target": dataset(d.target, "train", "target"),
-            "val": val}
+    return {"source": dataset(d.source, "train", "source"), "target": dataset(d.target, "train", "target"), "val": val}
 
 
 def check_inputs(datasets: dict) -> list:
@@ -31,8 +30,11 @@ def check_inputs(datasets: dict) -> list:
     files; prints one summary line per dataset. A val split without labels is refused here, before any training."""
     from udaseg.data.check import check_dataset
 
-    reports = [check_dataset(datasets[role], role, require_labels=role != "target")
-               for role in ("source", "target", "val") if datasets[role] is not None]
+    reports = [
+        check_dataset(datasets[role], role, require_labels=role != "target")
+        for role in ("source", "target", "val")
+        if datasets[role] is not None
+    ]
     for report in reports:
         tqdm.write(f"checked {report.summary()}")
     return reports
@@ -55,10 +57,20 @@ def build_data(cfg: Config, datasets: dict, out: Path, reports: list | None = No
         rcs = D.rcs_tables(counts, d.rcs_temperature, d.rcs_min_pixels)
     view = dict(crop=d.crop, scale_range=d.scale_range, flip=True)
     # colour/style randomisation of the labelled source crops (cfg.augment, off by default; docs/trust.md)
-    source = D.TrainView(datasets["source"], resize=d.source_resize, min_class_pixels=d.rcs_min_pixels,
-                         photometric=cfg.augment, style_images=datasets["target"], **view)
-    return TrainData(source=source, target=D.TrainView(datasets["target"], resize=d.target_resize, **view),
-                     val=datasets["val"], rcs=rcs)
+    source = D.TrainView(
+        datasets["source"],
+        resize=d.source_resize,
+        min_class_pixels=d.rcs_min_pixels,
+        photometric=cfg.augment,
+        style_images=datasets["target"],
+        **view,
+    )
+    return TrainData(
+        source=source,
+        target=D.TrainView(datasets["target"], resize=d.target_resize, **view),
+        val=datasets["val"],
+        rcs=rcs,
+    )
 
 
 def streams(cfg: Config, data: TrainData, start: int, end: int, rank: int, pin: bool, target: bool):

@@ -59,8 +59,9 @@ class MetricLog:
     def flush(self, iteration: int, stage: str, lr: float, gnorm: float, domains: int) -> dict:
         rate = self.steps / (time.perf_counter() - self.t0)
         row = {k: float(sum(v)) / len(v) for k, v in self.window.items()}  # one sync per term per window
-        row.update(iter=iteration, stage=stage, lr=lr, grad_norm=gnorm, it_per_s=rate,
-                   img_per_s=rate * self.images * domains)
+        row.update(
+            iter=iteration, stage=stage, lr=lr, grad_norm=gnorm, it_per_s=rate, img_per_s=rate * self.images * domains
+        )
         if dist.is_main():
             append_jsonl(self.path, row)
         self.window = {}

@@ -140,12 +140,25 @@ class Monitor:
         best = max((e[key] for e in self.evaluations), default=-math.inf)
         is_best = scores[key] > best
         if is_best:
-            save_checkpoint(self.out / BEST, {"teacher": teacher.state_dict(), "model": student.state_dict(),
-                                              "iteration": iteration, "config": meta.get("config", {}),
-                                              "model_spec": meta.get("model_spec", {}),
-                                              "selection": {"criterion": key, "score": scores[key]}})
-        row = {"iter": iteration, "stage": "select", **scores, "criterion": key, "best": is_best,
-               "miou": None if miou is None or math.isnan(miou) else miou}
+            save_checkpoint(
+                self.out / BEST,
+                {
+                    "teacher": teacher.state_dict(),
+                    "model": student.state_dict(),
+                    "iteration": iteration,
+                    "config": meta.get("config", {}),
+                    "model_spec": meta.get("model_spec", {}),
+                    "selection": {"criterion": key, "score": scores[key]},
+                },
+            )
+        row = {
+            "iter": iteration,
+            "stage": "select",
+            **scores,
+            "criterion": key,
+            "best": is_best,
+            "miou": None if miou is None or math.isnan(miou) else miou,
+        }
         self.evaluations.append(row)
         append_jsonl(self.rows_path, row)
         tqdm.write(f"iteration {iteration}: label-free {key} {scores[key]:.4f}" + (" (best so far)" if is_best else ""))
@@ -196,13 +209,17 @@ class Monitor:
 
 
 def banner(sign: Sign, on_collapse: str) -> str:
-    action = {"warn": "training continues (monitor.on_collapse=stop|rollback ends it)",
-              "stop": "stopping the run here (monitor.on_collapse=stop)",
-              "rollback": f"ending the run with {BEST}'s weights (monitor.on_collapse=rollback)"}[on_collapse]
+    action = {
+        "warn": "training continues (monitor.on_collapse=stop|rollback ends it)",
+        "stop": "stopping the run here (monitor.on_collapse=stop)",
+        "rollback": f"ending the run with {BEST}'s weights (monitor.on_collapse=rollback)",
+    }[on_collapse]
     classes = f"\n!!   classes concerned: {', '.join(sign.classes)}" if sign.classes else ""
     bar = "!" * 100
-    return (f"{bar}\n!!   POSSIBLE COLLAPSE at iteration {sign.iteration} ({sign.kind}): {sign.message}{classes}\n"
-            f"!!   {action}; {BEST} holds the best checkpoint by the label-free score (docs/trust.md)\n{bar}")
+    return (
+        f"{bar}\n!!   POSSIBLE COLLAPSE at iteration {sign.iteration} ({sign.kind}): {sign.message}{classes}\n"
+        f"!!   {action}; {BEST} holds the best checkpoint by the label-free score (docs/trust.md)\n{bar}"
+    )
 
 
 def summarize(evaluations: list[dict], signs: list[Sign], criterion: str, rows: list[dict]) -> dict:
@@ -214,9 +231,15 @@ def summarize(evaluations: list[dict], signs: list[Sign], criterion: str, rows: 
     pseudo = [r for r in rows if r.get("stage") == "pseudo"]
     return {
         "criterion": criterion,
-        "selected_iteration": best["iter"], "selected_score": best[criterion], "selected_miou": best.get("miou"),
-        "first_iteration": first["iter"], "first_score": first[criterion], "first_miou": first.get("miou"),
-        "last_iteration": last["iter"], "last_score": last[criterion], "last_miou": last.get("miou"),
+        "selected_iteration": best["iter"],
+        "selected_score": best[criterion],
+        "selected_miou": best.get("miou"),
+        "first_iteration": first["iter"],
+        "first_score": first[criterion],
+        "first_miou": first.get("miou"),
+        "last_iteration": last["iter"],
+        "last_score": last[criterion],
+        "last_miou": last.get("miou"),
         "evaluations": [{k: e.get(k) for k in ("iter", *CRITERIA, "miou")} for e in evaluations],
         "warnings": [s.as_dict() for s in signs],
         "last_window": pseudo[-1] if pseudo else None,
@@ -233,10 +256,15 @@ def summary_text(s: dict, class_names: list[str]) -> str:
             miou = "—" if e.get("miou") is None else f"{e['miou']:.2f}"
             lines.append(f"{e['iter']:>10} " + " ".join(f"{e[c]:>10.4f}" for c in CRITERIA) + f" {miou:>12}{mark}")
         delta = s["last_score"] - s["first_score"]
-        verdict = ("adaptation raised the label-free score" if delta > 0 else
-                   "ADAPTATION LOWERED THE LABEL-FREE SCORE: prefer the start's weights")
-        lines.append(f"{verdict}: {s['first_score']:.4f} at iteration {s['first_iteration']} -> {s['last_score']:.4f} "
-                     f"at {s['last_iteration']}; {BEST} = iteration {s['selected_iteration']}")
+        verdict = (
+            "adaptation raised the label-free score"
+            if delta > 0
+            else "ADAPTATION LOWERED THE LABEL-FREE SCORE: prefer the start's weights"
+        )
+        lines.append(
+            f"{verdict}: {s['first_score']:.4f} at iteration {s['first_iteration']} -> {s['last_score']:.4f} "
+            f"at {s['last_iteration']}; {BEST} = iteration {s['selected_iteration']}"
+        )
     warnings = s.get("warnings", [])
     lines.append("collapse guard: " + ("silent" if not warnings else f"{len(warnings)} WARNING(S)"))
     for w in warnings:
@@ -244,11 +272,13 @@ def summary_text(s: dict, class_names: list[str]) -> str:
         lines.append(f"  ! iteration {w['iteration']} ({w['kind']}): {w['message']}{extra}")
     last = s.get("last_window")
     if last:
-        lines.append(f"pseudo-labels, last window (iteration {last['iter']}): "
-                     f"coverage {_num(last['coverage'], 100)} %, {_num(last['effective_classes'])} effective classes "
-                     f"(source labels "
-                     f"{_num(last['source_effective_classes'])}), change on the probe set "
-                     f"{_num(last.get('change'), 100)} %")
+        lines.append(
+            f"pseudo-labels, last window (iteration {last['iter']}): "
+            f"coverage {_num(last['coverage'], 100)} %, {_num(last['effective_classes'])} effective classes "
+            f"(source labels "
+            f"{_num(last['source_effective_classes'])}), change on the probe set "
+            f"{_num(last.get('change'), 100)} %"
+        )
     return "\n".join(lines)
 
 

@@ -183,20 +183,34 @@ class CollapseGuard:
         eff, src_eff = row["effective_classes"], row["source_effective_classes"]
         if not (math.isnan(eff) or math.isnan(src_eff)) and eff < self.ratio * src_eff:
             share, source = row["per_class"]["share"], row["per_class"]["source_share"]
-            gone = [class_names[c] for c in range(len(share))
-                    if source[c] >= 0.005 and not math.isnan(share[c]) and share[c] < self.vanish * source[c]]
+            gone = [
+                class_names[c]
+                for c in range(len(share))
+                if source[c] >= 0.005 and not math.isnan(share[c]) and share[c] < self.vanish * source[c]
+            ]
             top = sorted(range(len(share)), key=lambda c: -(share[c] if not math.isnan(share[c]) else 0))[:3]
             held = ", ".join(f"{class_names[c]} {100 * share[c]:.0f} %" for c in top if share[c] > 0)
-            fired += self._fire(Sign("diversity", iteration,
-                                     f"pseudo-labels span {eff:.1f} effective classes against {src_eff:.1f} in the "
-                                     f"source labels; they concentrate on {held}", gone))
+            fired += self._fire(
+                Sign(
+                    "diversity",
+                    iteration,
+                    f"pseudo-labels span {eff:.1f} effective classes against {src_eff:.1f} in the "
+                    f"source labels; they concentrate on {held}",
+                    gone,
+                )
+            )
         cov = row["coverage"]
         if self.first_coverage is None:
             self.first_coverage = cov
         elif cov < self.coverage_drop * self.first_coverage:
-            fired += self._fire(Sign("coverage", iteration,
-                                     f"only {100 * cov:.1f} % of target pixels keep a pseudo-label "
-                                     f"({100 * self.first_coverage:.1f} % in the first window)"))
+            fired += self._fire(
+                Sign(
+                    "coverage",
+                    iteration,
+                    f"only {100 * cov:.1f} % of target pixels keep a pseudo-label "
+                    f"({100 * self.first_coverage:.1f} % in the first window)",
+                )
+            )
         return fired
 
     def check_score(self, iteration: int, score: float, criterion: str = "agreement") -> list[Sign]:
@@ -207,14 +221,22 @@ class CollapseGuard:
             return []
         falling = all(s[-k] < s[-k - 1] for k in range(1, self.patience + 1))
         if falling and max(s) - s[-1] > self.min_drop:
-            return self._fire(Sign("score", iteration,
-                                   f"the label-free score ({criterion}) fell at {self.patience} evaluations in a row: "
-                                   f"{s[-1]:.3f} now, {max(s):.3f} at best"))
+            return self._fire(
+                Sign(
+                    "score",
+                    iteration,
+                    f"the label-free score ({criterion}) fell at {self.patience} evaluations in a row: "
+                    f"{s[-1]:.3f} now, {max(s):.3f} at best",
+                )
+            )
         return []
 
     def state_dict(self) -> dict:
-        return {"signs": [x.as_dict() for x in self.signs], "first_coverage": self.first_coverage,
-                "scores": list(self.scores)}
+        return {
+            "signs": [x.as_dict() for x in self.signs],
+            "first_coverage": self.first_coverage,
+            "scores": list(self.scores),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.signs = [Sign(**x) for x in state.get("signs", [])]

@@ -99,8 +99,13 @@ def capture_rng() -> dict[str, Any]:
     kind, keys, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002 (the legacy global stream user code may draw from)
     state = {
         "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -112,8 +117,8 @@ def restore_rng(state: dict[str, Any]) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     n = state["numpy"]
-    np.random.set_state((  # noqa: NPY002
-        n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    legacy = (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"])
+    np.random.set_state(legacy)  # noqa: NPY002
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -193,8 +198,10 @@ def restore(run: Run, path: Path) -> int:
     except (KeyError, ValueError, RuntimeError) as e:
         from udaseg.checkpoint import CheckpointError
 
-        raise CheckpointError(f"{path}: does not match this run ({type(e).__name__}: {str(e)[:300]}); it was "
-                              f"written by another configuration: resume with the run's own config.yaml") from e
+        raise CheckpointError(
+            f"{path}: does not match this run ({type(e).__name__}: {str(e)[:300]}); it was "
+            f"written by another configuration: resume with the run's own config.yaml"
+        ) from e
     run.history = History.from_dict(payload.get("history"))
     run.t0 = time.perf_counter()
     run.iteration = run.saved_at = int(payload["iteration"])
@@ -206,7 +213,9 @@ def init_weights(run: Run, path: str) -> None:
     payload = load_checkpoint(path)
     spec, mine = payload.get("model_spec", {}), run.model_spec
     if spec and (spec.get("name"), spec.get("num_classes")) != (mine["name"], mine["num_classes"]):
-        raise ConfigError(f"train.init={path}: a {spec.get('name')} model with {spec.get('num_classes')} classes, "
-                          f"but this run trains {mine['name']} with {mine['num_classes']}")
+        raise ConfigError(
+            f"train.init={path}: a {spec.get('name')} model with {spec.get('num_classes')} classes, "
+            f"but this run trains {mine['name']} with {mine['num_classes']}"
+        )
     run.student.load_state_dict(model_weights(payload, path, prefer="model"))
     run.teacher.load_state_dict(model_weights(payload, path, prefer="teacher"))

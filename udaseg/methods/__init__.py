@@ -21,5 +21,13 @@ from udaseg.methods.base import (
     warmups,
 )
 
-__all__ = ["REGISTRY", "Method", "Step", "build_methods", "register_method", "resolve_names", "resolve_warmup",
-           "warmups"]
+__all__ = [
+    "REGISTRY",
+    "Method",
+    "Step",
+    "build_methods",
+    "register_method",
+    "resolve_names",
+    "resolve_warmup",
+    "warmups",
+]

@@ -174,8 +174,10 @@ def resolve_warmup(name: str) -> str:
         return table[name]
     if name in table.values():
         return name
-    raise ConfigError(f"train.warmup={name!r} is not a warm-up; valid: {', '.join(sorted(table))} "
-                      f"(adaptation methods go in train.method / --method)")
+    raise ConfigError(
+        f"train.warmup={name!r} is not a warm-up; valid: {', '.join(sorted(table))} "
+        f"(adaptation methods go in train.method / --method)"
+    )
 
 
 def resolve_names(spec: str) -> list[str]:

@@ -142,8 +142,9 @@ def sample_pixels(valid: Tensor, count: int, generator: torch.Generator | None =
     return idx[perm]
 
 
-def class_balanced_sample(labels: Tensor, per_class: int, num_classes: int,
-                          generator: torch.Generator | None = None) -> Tensor:
+def class_balanced_sample(
+    labels: Tensor, per_class: int, num_classes: int, generator: torch.Generator | None = None
+) -> Tensor:
     """Up to `per_class` random indices of each class in a flat label vector (ignored labels skipped).
 
     One random key per pixel, then a stable sort by (class, key): the first `per_class` of each class are a

@@ -115,8 +115,9 @@ class CPSL(Method):
     Options = CPSLOptions
     requires = ("self_training",)
 
-    def __init__(self, options: CPSLOptions | None = None, num_classes: int = 19, feature_dim: int = 0,
-                 device: str = "cpu"):
+    def __init__(
+        self, options: CPSLOptions | None = None, num_classes: int = 19, feature_dim: int = 0, device: str = "cpu"
+    ):
         super().__init__(options or CPSLOptions(), num_classes, feature_dim, device)
         o = self.options
         if o.self_label_view not in ("weak", "strong"):
@@ -216,8 +217,11 @@ class CPSL(Method):
         target = (cosines(ex["weak"][idx], key_protos) / o.temperature).softmax(dim=1)  # (n, K)
         log_q = (cosines(strong[idx], key_protos) / o.temperature).log_softmax(dim=1)
         consistency = F.kl_div(log_q, target, reduction="batchmean") if idx.numel() else strong.sum() * 0.0
-        return {**out, "self_label": o.self_label_weight * self_label,
-                "consistency": o.consistency_weight * consistency}
+        return {
+            **out,
+            "self_label": o.self_label_weight * self_label,
+            "consistency": o.consistency_weight * consistency,
+        }
 
     @torch.no_grad()
     def assignments(self, weak: Tensor, protos: Tensor, dt: torch.dtype = torch.float32) -> Tensor:
@@ -279,14 +283,23 @@ class CPSL(Method):
         return {"head": self.head, "prototypes": self.prototypes}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"queue": self.queue.clone(), "queue_ptr": self.queue_ptr, "queue_filled": self.queue_filled,
-                "prior": self.prior.clone(), "prior_steps": self.prior_steps, "initialized": self.initialized,
-                "key_head": self.key_head.state_dict(), "key_prototypes": self.key_prototypes.state_dict()}
+        return {
+            "queue": self.queue.clone(),
+            "queue_ptr": self.queue_ptr,
+            "queue_filled": self.queue_filled,
+            "prior": self.prior.clone(),
+            "prior_steps": self.prior_steps,
+            "initialized": self.initialized,
+            "key_head": self.key_head.state_dict(),
+            "key_prototypes": self.key_prototypes.state_dict(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if tuple(state["queue"].shape) != tuple(self.queue.shape):
-            raise ValueError(f"methods.cpsl: checkpoint queue has shape {tuple(state['queue'].shape)}, this run "
-                             f"expects {tuple(self.queue.shape)} (queue_size, embed_dim)")
+            raise ValueError(
+                f"methods.cpsl: checkpoint queue has shape {tuple(state['queue'].shape)}, this run "
+                f"expects {tuple(self.queue.shape)} (queue_size, embed_dim)"
+            )
         self.queue.copy_(state["queue"])
         self.queue_ptr, self.queue_filled = int(state["queue_ptr"]), int(state["queue_filled"])
         self.prior.copy_(state["prior"])

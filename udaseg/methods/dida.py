@@ -99,13 +99,16 @@ class DIDA(Method):
     Options = DIDAOptions
     requires = ("self_training",)
 
-    def __init__(self, options: DIDAOptions | None = None, num_classes: int = 19, feature_dim: int = 0,
-                 device: str = "cpu"):
+    def __init__(
+        self, options: DIDAOptions | None = None, num_classes: int = 19, feature_dim: int = 0, device: str = "cpu"
+    ):
         super().__init__(options or DIDAOptions(), num_classes, feature_dim, device)
         o = self.options
         if not 1 <= o.writes_per_class <= o.bank_per_class:
-            raise ValueError(f"methods.dida.writes_per_class must be in [1, bank_per_class={o.bank_per_class}], "
-                             f"got {o.writes_per_class}")
+            raise ValueError(
+                f"methods.dida.writes_per_class must be in [1, bank_per_class={o.bank_per_class}], "
+                f"got {o.writes_per_class}"
+            )
         if not 0.0 <= o.alpha <= 1.0:
             raise ValueError(f"methods.dida.alpha must be in [0, 1], got {o.alpha}")
         self.head = ProjectionHead(feature_dim, o.embed_dim).to(self.device)
@@ -163,8 +166,9 @@ class DIDA(Method):
         strong = flatten_pixels(strong_map)[idx]  # (n, D)
         weights = ex["weights"][idx] if o.gather else torch.ones_like(ex["weights"][idx])  # (n, C)
         dt = strong.dtype  # compute_dtype: embeddings, bank and gather weights in one dtype, float32 loss out
-        loss = instance_consistency_loss(ex["weak"][idx], strong, self.bank.to(dt), self.bank_labels,
-                                         weights.to(dt), o.temperature)  # (n,)
+        loss = instance_consistency_loss(
+            ex["weak"][idx], strong, self.bank.to(dt), self.bank_labels, weights.to(dt), o.temperature
+        )  # (n,)
         # mean over sampled pixels; 0 * sum keeps the head in the graph when no pixel is sampled (same grads
         # on every rank under DDP)
         total = loss.mean() if loss.numel() else strong_map.sum() * 0.0
@@ -200,8 +204,10 @@ class DIDA(Method):
         src_keys = embed(step, self.key_head, step.student_source["features"].detach())  # (B, D, h, w)
         src_label = labels_to_features(step.source_label, src_keys.shape[-2:], c)
         tgt_keys = ex["weak"].view(*ex["bank_label"].shape, -1).permute(0, 3, 1, 2)  # (B, D, h, w)
-        parts = [self.candidates(src_keys, src_label, step.generator),
-                 self.candidates(tgt_keys, ex["bank_label"], step.generator)]
+        parts = [
+            self.candidates(src_keys, src_label, step.generator),
+            self.candidates(tgt_keys, ex["bank_label"], step.generator),
+        ]
         emb, lab, boundary = (torch.cat(p) for p in zip(*parts))
         shuffle = torch.randperm(lab.numel(), generator=step.generator).to(lab.device)  # random tie-breaking
         emb, lab, boundary = emb[shuffle], lab[shuffle], boundary[shuffle]
@@ -239,13 +245,19 @@ class DIDA(Method):
         return {"head": self.head}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"bank": self.bank.clone(), "bank_labels": self.bank_labels.clone(), "bank_ptr": self.bank_ptr.clone(),
-                "key_head": self.key_head.state_dict()}
+        return {
+            "bank": self.bank.clone(),
+            "bank_labels": self.bank_labels.clone(),
+            "bank_ptr": self.bank_ptr.clone(),
+            "key_head": self.key_head.state_dict(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if tuple(state["bank"].shape) != tuple(self.bank.shape):
-            raise ValueError(f"methods.dida: checkpoint bank has shape {tuple(state['bank'].shape)}, this run "
-                             f"expects {tuple(self.bank.shape)} (num_classes x bank_per_class, embed_dim)")
+            raise ValueError(
+                f"methods.dida: checkpoint bank has shape {tuple(state['bank'].shape)}, this run "
+                f"expects {tuple(self.bank.shape)} (num_classes x bank_per_class, embed_dim)"
+            )
         self.bank.copy_(state["bank"])
         self.bank_labels.copy_(state["bank_labels"])
         self.bank_ptr.copy_(state["bank_ptr"])

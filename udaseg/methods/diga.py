@@ -134,8 +134,9 @@ def photo_augment(x: Tensor, gen: torch.Generator) -> Tensor:
     return T.gaussian_blur(x, sigma)
 
 
-def cross_domain_mixture(image: Tensor, label: Tensor, target: Tensor, gen: torch.Generator,
-                         translate: Translator, blend: float) -> Tensor:
+def cross_domain_mixture(
+    image: Tensor, label: Tensor, target: Tensor, gen: torch.Generator, translate: Translator, blend: float
+) -> Tensor:
     """x~ = M * x_aug + (1 - M) * G(x): M = half of the source classes present plus the ignored pixels.
 
     image (B,3,H,W), label (B,H,W), target (B,3,H,W) target-domain images (a random one is G's style reference).
@@ -167,8 +168,9 @@ def symmetric_distillation(step: Step, translate: Translator, blend: float) -> t
     t = teacher_forward(step, torch.cat([x, mixture]))  # eval-mode BN: images are independent
     t_x, t_mix = t["logits"].chunk(2)
     s_mix = step.forward(step.student, mixture)["logits"]
-    loss = soft_cross_entropy(t_x.softmax(1), s_mix) + 0.5 * soft_cross_entropy(t_mix.softmax(1),
-                                                                                 step.student_source["logits"])
+    loss = soft_cross_entropy(t_x.softmax(1), s_mix) + 0.5 * soft_cross_entropy(
+        t_mix.softmax(1), step.student_source["logits"]
+    )
     return loss, {"logits": t_mix, "features": t["features"].chunk(2)[1]}
 
 
@@ -238,8 +240,7 @@ class DiGA(Method):
         feats = step.teacher_target["features"]  # (B, F, h, w)
         size = tuple(step.pseudo_label.shape[-2:])
         argmax = step.teacher_target["probs"].argmax(1)  # (B, H, W)
-        centroids, available = self.centroids_for(feats, labels_to_features(argmax, feats.shape[-2:],
-                                                                            self.num_classes))
+        centroids, available = self.centroids_for(feats, labels_to_features(argmax, feats.shape[-2:], self.num_classes))
         nearest = nearest_centroid_labels(feats, centroids, available, size)
         label = step.pseudo_label
         kept = torch.where(label == nearest, label, torch.full_like(label, IGNORE_INDEX))
@@ -293,8 +294,9 @@ class DiGA(Method):
         seen = counts > 0
         if self.centroids.shape[1] != sums.shape[1]:  # feature_dim was not given: size the centroids now
             self.centroids = torch.zeros_like(sums)
-        m = torch.maximum(torch.full_like(sums[:, 0], self.options.centroid_momentum),
-                          1.0 / (self.updates + 1).float())[:, None]
+        m = torch.maximum(
+            torch.full_like(sums[:, 0], self.options.centroid_momentum), 1.0 / (self.updates + 1).float()
+        )[:, None]
         means = sums / counts.clamp(min=1)[:, None].float()
         self.centroids = torch.where(seen[:, None], (1 - m) * self.centroids + m * means, self.centroids)
         self.updates = self.updates + seen.long()
@@ -306,8 +308,10 @@ class DiGA(Method):
         if set(state) != {"centroids", "updates"}:
             raise ValueError(f"method diga: checkpoint state has keys {sorted(state)}, expected centroids, updates")
         if state["centroids"].shape[0] != self.num_classes:
-            raise ValueError(f"method diga: checkpoint centroids have {state['centroids'].shape[0]} classes, "
-                             f"expected {self.num_classes}")
+            raise ValueError(
+                f"method diga: checkpoint centroids have {state['centroids'].shape[0]} classes, "
+                f"expected {self.num_classes}"
+            )
         self.centroids = state["centroids"].to(self.device, torch.float32).clone()
         self.updates = state["updates"].to(self.device, torch.long).clone()
 

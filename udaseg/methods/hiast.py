@@ -120,8 +120,11 @@ def region_losses(logits: Tensor, teacher_probs: Tensor, labelled: Tensor, unlab
     kl_uniform = -math.log(c) - log_p.mean(1)  # (B, H, W): KL(u || p)
     entropy = -(log_p.exp() * log_p).sum(1)
     soft_ce = -(teacher_probs * log_p).sum(1)
-    return {"smooth": region_mean(kl_uniform, labelled) / c, "sharpen": region_mean(entropy, unlabelled) / c,
-            "consistency": region_mean(soft_ce, unlabelled) / c}
+    return {
+        "smooth": region_mean(kl_uniform, labelled) / c,
+        "sharpen": region_mean(entropy, unlabelled) / c,
+        "consistency": region_mean(soft_ce, unlabelled) / c,
+    }
 
 
 def to_uint8(image: Tensor) -> Tensor:
@@ -134,8 +137,9 @@ class HIAST(Method):
     Options = HIASTOptions
     requires = ("self_training",)
 
-    def __init__(self, options: HIASTOptions | None = None, num_classes: int = 19, feature_dim: int = 0,
-                 device: str = "cpu"):
+    def __init__(
+        self, options: HIASTOptions | None = None, num_classes: int = 19, feature_dim: int = 0, device: str = "cpu"
+    ):
         super().__init__(options or HIASTOptions(), num_classes, feature_dim, device)
         c, dev = num_classes, self.device
         self.thresholds = torch.full((c,), self.options.theta0, device=dev)  # (C,) IAS theta
@@ -220,8 +224,11 @@ class HIAST(Method):
         if o.paste and o.pool_size > 0:
             weight = step.pseudo_weight.flatten(1).float().mean(1)  # (B,) the image's pseudo-label quality
             label = step.pseudo_label.clamp(max=255).to(torch.uint8)
-            self.push(dist.all_gather_cat(to_uint8(step.target_image)), dist.all_gather_cat(label),
-                      dist.all_gather_cat(weight))
+            self.push(
+                dist.all_gather_cat(to_uint8(step.target_image)),
+                dist.all_gather_cat(label),
+                dist.all_gather_cat(weight),
+            )
 
     # --- the donor pool ---
     def class_confidence(self) -> tuple[Tensor, Tensor]:
@@ -257,34 +264,42 @@ class HIAST(Method):
         images, labels, weights = images[-p:], labels[-p:], weights[-p:]
         if not self.pool or self.pool["images"].shape[1:] != images.shape[1:]:
             dev = images.device
-            self.pool = {"images": torch.zeros(p, *images.shape[1:], dtype=torch.uint8, device=dev),
-                         "labels": torch.full((p, *labels.shape[1:]), 255, dtype=torch.uint8, device=dev),
-                         "weights": torch.zeros(p, device=dev), "counts": torch.zeros(p, c, dtype=torch.long,
-                                                                                        device=dev),
-                         "size": 0, "next": 0}
+            self.pool = {
+                "images": torch.zeros(p, *images.shape[1:], dtype=torch.uint8, device=dev),
+                "labels": torch.full((p, *labels.shape[1:]), 255, dtype=torch.uint8, device=dev),
+                "weights": torch.zeros(p, device=dev),
+                "counts": torch.zeros(p, c, dtype=torch.long, device=dev),
+                "size": 0,
+                "next": 0,
+            }
         n = images.shape[0]
         lab = labels.long().flatten(1)  # (N, H*W)
         lab = torch.where(lab < c, lab, c) + torch.arange(n, device=lab.device)[:, None] * (c + 1)
         counts = torch.bincount(lab.flatten(), minlength=n * (c + 1)).view(n, c + 1)[:, :c]
         slots = (self.pool["next"] + torch.arange(n, device=images.device)) % p
-        for key, value in (("images", images), ("labels", labels), ("weights", weights.float()),
-                           ("counts", counts)):
+        for key, value in (("images", images), ("labels", labels), ("weights", weights.float()), ("counts", counts)):
             self.pool[key].index_copy_(0, slots, value.to(self.pool[key].device))
         self.pool["next"] = (self.pool["next"] + n) % p
         self.pool["size"] = min(p, self.pool["size"] + n)
 
     # --- state ---
     def state_dict(self) -> dict[str, Any]:
-        return {"thresholds": self.thresholds, "confidence_num": self.confidence_num,
-                "confidence_den": self.confidence_den, "pool": dict(self.pool)}
+        return {
+            "thresholds": self.thresholds,
+            "confidence_num": self.confidence_num,
+            "confidence_den": self.confidence_den,
+            "pool": dict(self.pool),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         missing = {"thresholds", "confidence_num", "confidence_den", "pool"} - set(state)
         if missing:
             raise ValueError(f"method hiast: checkpoint state lacks {sorted(missing)}")
         if state["thresholds"].shape != (self.num_classes,):
-            raise ValueError(f"method hiast: checkpoint thresholds have shape {tuple(state['thresholds'].shape)}, "
-                             f"expected ({self.num_classes},) for this model's classes")
+            raise ValueError(
+                f"method hiast: checkpoint thresholds have shape {tuple(state['thresholds'].shape)}, "
+                f"expected ({self.num_classes},) for this model's classes"
+            )
         for key in ("thresholds", "confidence_num", "confidence_den"):
             setattr(self, key, state[key].to(self.device, torch.float32).clone())
         pool = dict(state["pool"])

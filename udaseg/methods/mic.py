@@ -53,8 +53,9 @@ def patch_size_for(size: tuple[int, int], patch_size: int, reference_size: int) 
     return max(1, min(patch_size, round(patch_size * min(size) / reference_size)))
 
 
-def block_mask(batch: int, size: tuple[int, int], patch: int, ratio: float,
-               generator: torch.Generator | None, device=None) -> Tensor:
+def block_mask(
+    batch: int, size: tuple[int, int], patch: int, ratio: float, generator: torch.Generator | None, device=None
+) -> Tensor:
     """(B, H, W) bool, True = visible: b x b patches from the top-left corner, each hidden with probability ratio.
 
     One uniform draw per patch from `generator` (CPU), so the mask is a function of the step's random stream.
@@ -78,8 +79,9 @@ class MIC(Method):
     Options = MICOptions
     requires = ("self_training",)
 
-    def __init__(self, options: MICOptions | None = None, num_classes: int = 19, feature_dim: int = 0,
-                 device: str = "cpu"):
+    def __init__(
+        self, options: MICOptions | None = None, num_classes: int = 19, feature_dim: int = 0, device: str = "cpu"
+    ):
         super().__init__(options or MICOptions(), num_classes, feature_dim, device)
         o = self.options
         if not 0.0 <= o.mask_ratio < 1.0:
@@ -93,8 +95,7 @@ class MIC(Method):
         if o.strong_view:
             image = T.strong_view(image, step.generator)
         patch = patch_size_for(tuple(image.shape[-2:]), o.patch_size, o.reference_size)
-        visible = block_mask(image.shape[0], tuple(image.shape[-2:]), patch, o.mask_ratio, step.generator,
-                             image.device)
+        visible = block_mask(image.shape[0], tuple(image.shape[-2:]), patch, o.mask_ratio, step.generator, image.device)
         return mask_image(image, visible), visible
 
     def losses(self, step: Step) -> dict[str, Tensor]:

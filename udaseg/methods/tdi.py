@@ -73,8 +73,9 @@ def info_nce_pairs(a: Tensor, b: Tensor, temperature: float, valid: Tensor | Non
     return loss / keep.sum().clamp(min=1)
 
 
-def pixel_contrast(logits_a: Tensor, logits_b: Tensor, valid: Tensor, count: int, temperature: float,
-                   generator: torch.Generator | None) -> Tensor:
+def pixel_contrast(
+    logits_a: Tensor, logits_b: Tensor, valid: Tensor, count: int, temperature: float, generator: torch.Generator | None
+) -> Tensor:
     """Pixel-level InfoNCE on `count` sampled locations per image, softmax probabilities as embeddings.
 
     logits_a/b (B, C, H, W) of two pixel-aligned views; valid (B, H, W) bool. Returns the mean over images.
@@ -114,8 +115,9 @@ class TDI(Method):
     Options = TDIOptions
     requires = ("self_training",)
 
-    def __init__(self, options: TDIOptions | None = None, num_classes: int = 19, feature_dim: int = 0,
-                 device: str = "cpu"):
+    def __init__(
+        self, options: TDIOptions | None = None, num_classes: int = 19, feature_dim: int = 0, device: str = "cpu"
+    ):
         super().__init__(options or TDIOptions(), num_classes, feature_dim, device)
 
     def mix(self, step: Step) -> None:
@@ -141,8 +143,9 @@ class TDI(Method):
             weak = step.forward(step.student, self.weak_mix(step))["logits"]
             aligned = target_aligned(step)  # donor pixels pasted after ClassMix have no weak counterpart
             if o.pixel_weight:
-                out["pixel_nce"] = o.pixel_weight * pixel_contrast(weak, strong, aligned, o.pixels,
-                                                                   o.pixel_temperature, step.generator)
+                out["pixel_nce"] = o.pixel_weight * pixel_contrast(
+                    weak, strong, aligned, o.pixels, o.pixel_temperature, step.generator
+                )
             if o.proto_weight:
                 labels = self.prototype_labels(step, aligned)
                 out["proto_nce"] = o.proto_weight * prototype_contrast(weak, strong, labels, o.proto_temperature)

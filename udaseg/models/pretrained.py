@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 class PretrainedError(UserError, ValueError):
     """A weights file that cannot go into the model: unreadable, another architecture or variant, shapes differ."""
 
+
 # Where a checkpoint may keep its state dict, tried in this order.
 STATE_DICT_KEYS = ("state_dict", "model", "teacher", "model_state_dict", "net")
 # Wrapper prefixes tried on top of the always-stripped "module." (DDP / DataParallel).
