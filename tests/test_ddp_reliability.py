@@ -6,6 +6,7 @@ Two gloo processes on 32x64 crops of the synthetic benchmark; the three runs her
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -142,15 +143,20 @@ def test_torchrun_restarts_a_killed_worker_from_last_pt(tmp_path, reference):
     ]
     cmd += [x for s in sets for x in ("--set", s)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    agent = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Its own process group: on a failure or time-out the agent and every worker it started are killed together
+    # (killing the agent alone leaves its workers running, holding the test's output pipe).
+    agent = subprocess.Popen(
+        cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     try:
         _wait_for_rows(tmp_path, 7, lambda: agent.poll() is None, timeout=90)  # past the checkpoint at 6
         (victim,) = _rank_pids(agent.pid, rank=1)
         os.kill(victim, signal.SIGKILL)
         output, _ = agent.communicate(timeout=120)
     finally:
-        if agent.poll() is None:
-            agent.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(agent.pid, signal.SIGKILL)
+        agent.wait()
     assert agent.returncode == 0, output[-20000:]
     assert "resumed" in output, output[-3000:]  # the restarted group continued from last.pt, not from scratch
     assert json.loads((tmp_path / "final.json").read_text())["iterations"] == 32

@@ -14,6 +14,7 @@ import torch
 from tests.helpers import ROOT, assert_states_equal, tiny_config, triton_kernels_present
 from udaseg.methods import REGISTRY, Method, Step, build_methods, register_method, resolve_warmup
 from udaseg.models import build_model
+from udaseg.train import teacher_predict
 
 C = 4
 SMALL = {  # small state, so the round trip is quick; every other option at its default
@@ -41,10 +42,7 @@ def make_step(seed: int, student, teacher) -> Step:
 def drive(methods: list[Method], step: Step) -> None:
     """One step through every hook in the loop's order (methods/base.py), backward included, then update."""
     if any(m.needs_target for m in methods):
-        step.teacher.eval()
-        with torch.no_grad():
-            out = step.forward(step.teacher, step.target_image)
-        step.teacher_target = {**out, "probs": out["logits"].softmax(1), "features": out["features"].float()}
+        step.teacher_target = teacher_predict(step)  # the loop's own teacher pass
         for m in methods:
             m.pseudo_labels(step)
         for m in methods:
