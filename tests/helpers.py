@@ -124,3 +124,33 @@ def run_ddp(cfg: Config, out: Path, world: int = 2, timeout: float = 600) -> lis
                 p.kill()
             raise TimeoutError(f"DDP run did not finish in {timeout} s: ranks are probably waiting on each other")
     return [torch.load(out / f"rank{r}.pt", map_location="cpu", weights_only=True) for r in range(world)]
+
+
+def pseudo_labelled_step(num_classes: int, seed: int = 1, b: int = 2, h: int = 16, w: int = 32, **fields: Any):
+    """A Step as the plug-ins see it after self_training's pseudo-label hook, on random data: a compact student,
+    teacher probabilities (B, C, H, W), their argmax as pseudo-labels with column 0 ignored, their max as the
+    confidence, unit weights. `fields` replace or add Step fields (e.g. pseudo_weight=..., mix_mask=...)."""
+    from udaseg.data.labels import IGNORE_INDEX
+    from udaseg.methods.base import Step
+    from udaseg.models import build_model
+
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    student = build_model("compact", num_classes=num_classes, width=8)
+    probs = (4 * torch.randn(b, num_classes, h, w, generator=g)).softmax(1)
+    conf, label = probs.max(1)
+    label[:, 0] = IGNORE_INDEX
+    base = dict(
+        iteration=0,
+        source_image=torch.rand(b, 3, h, w, generator=g),
+        source_label=torch.randint(0, num_classes, (b, h, w), generator=g),
+        target_image=torch.rand(b, 3, h, w, generator=g),
+        generator=torch.Generator().manual_seed(seed),
+        student=student,
+        teacher_target={"probs": probs},
+        pseudo_label=label,
+        pseudo_confidence=conf,
+        pseudo_weight=torch.ones(b, h, w),
+        class_probs=probs,
+    )
+    return Step(**{**base, **fields})

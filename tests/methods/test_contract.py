@@ -14,7 +14,7 @@ import torch
 from tests.helpers import ROOT, assert_states_equal, tiny_config, triton_kernels_present
 from udaseg.methods import REGISTRY, Method, Step, build_methods, register_method, resolve_warmup
 from udaseg.models import build_model
-from udaseg.train import teacher_predict
+from udaseg.train import train_step
 
 C = 4
 SMALL = {  # small state, so the round trip is quick; every other option at its default
@@ -40,20 +40,8 @@ def make_step(seed: int, student, teacher) -> Step:
 
 
 def drive(methods: list[Method], step: Step) -> None:
-    """One step through every hook in the loop's order (methods/base.py), backward included, then update."""
-    if any(m.needs_target for m in methods):
-        step.teacher_target = teacher_predict(step)  # the loop's own teacher pass
-        for m in methods:
-            m.pseudo_labels(step)
-        for m in methods:
-            m.mix(step)
-    step.student.train()
-    step.student_source = step.forward(step.student, step.source_image)
-    if step.mix_image is not None:
-        step.student_mix = step.forward(step.student, step.mix_image)
-    losses = [v for m in methods for v in m.losses(step).values()]
-    if losses:
-        sum(losses).backward()
+    """One step as the loop runs it (udaseg.train.train_step: every hook in order), backward, then update."""
+    sum(train_step(step, methods).values()).backward()
     for m in methods:
         m.update(step)
 

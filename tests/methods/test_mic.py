@@ -6,12 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.helpers import tiny_config
+from tests.helpers import pseudo_labelled_step, tiny_config
 from udaseg.data import transforms as T
 from udaseg.data.labels import IGNORE_INDEX
 from udaseg.methods.base import Step
 from udaseg.methods.mic import MIC, MICOptions, block_mask, mask_image, patch_size_for
-from udaseg.models import build_model, upsample
+from udaseg.models import upsample
 from udaseg.models.common import IMAGENET_MEAN
 
 C = 4
@@ -66,27 +66,9 @@ def test_hidden_pixels_take_the_normalisation_mean():
 
 
 def fake_step(seed=1, b=2, h=16, w=32) -> Step:
-    """A step after self_training's hooks: pseudo-labels (some ignored) with a per-pixel quality weight."""
-    g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    student = build_model("compact", num_classes=C, width=8)
-    probs = (4 * torch.randn(b, C, h, w, generator=g)).softmax(1)
-    conf, label = probs.max(1)
-    label[:, 0] = IGNORE_INDEX
-    weight = torch.rand(b, 1, 1, generator=g).expand(b, h, w)  # DAFormer's weight: one value per image
-    return Step(
-        iteration=0,
-        source_image=torch.rand(b, 3, h, w, generator=g),
-        source_label=torch.randint(0, C, (b, h, w), generator=g),
-        target_image=torch.rand(b, 3, h, w, generator=g),
-        generator=torch.Generator().manual_seed(seed),
-        student=student,
-        teacher_target={"probs": probs},
-        pseudo_label=label,
-        pseudo_confidence=conf,
-        pseudo_weight=weight,
-        class_probs=probs,
-    )
+    """A step after self_training's hooks: pseudo-labels (some ignored) with a per-image quality weight (DAFormer)."""
+    weight = torch.rand(b, 1, 1, generator=torch.Generator().manual_seed(seed + 100)).expand(b, h, w)
+    return pseudo_labelled_step(C, seed, b, h, w, pseudo_weight=weight)
 
 
 @pytest.mark.parametrize("strong_view", [False, True])

@@ -5,11 +5,10 @@ import math
 import pytest
 import torch
 
-from tests.helpers import check_resume_exact, tiny_config
+from tests.helpers import check_resume_exact, pseudo_labelled_step, tiny_config
 from udaseg.data.labels import IGNORE_INDEX
 from udaseg.methods.base import Step
 from udaseg.methods.tdi import TDI, TDIOptions, info_nce_pairs, pixel_contrast, prototype_contrast
-from udaseg.models import build_model
 
 C = 4
 
@@ -68,28 +67,10 @@ def test_prototype_contrast_matches_class_means_of_each_view():
 
 
 def fake_step(seed=1, b=2, h=16, w=32) -> Step:
-    g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    student = build_model("compact", num_classes=C, width=8)
-    probs = (4 * torch.randn(b, C, h, w, generator=g)).softmax(1)
-    conf, label = probs.max(1)
-    label[:, 0] = IGNORE_INDEX
     mask = torch.zeros(b, h, w, dtype=torch.bool)
     mask[..., : w // 3] = True
-    step = Step(
-        iteration=0,
-        source_image=torch.rand(b, 3, h, w, generator=g),
-        source_label=torch.randint(0, C, (b, h, w), generator=g),
-        target_image=torch.rand(b, 3, h, w, generator=g),
-        generator=torch.Generator().manual_seed(seed),
-        student=student,
-        teacher_target={"probs": probs},
-        pseudo_label=label,
-        pseudo_confidence=conf,
-        pseudo_weight=torch.ones(b, h, w),
-        mix_mask=mask,
-        mix_aligned=~mask,
-    )
+    step = pseudo_labelled_step(C, seed, b, h, w, mix_mask=mask, mix_aligned=~mask, class_probs=None)
+    label = step.pseudo_label
     step.mix_image = torch.where(mask[:, None], step.source_image, step.target_image)
     step.mix_label = torch.where(mask, step.source_label, label)
     return step
