@@ -3,8 +3,9 @@
 No TensorRT library or GPU is needed: CMake's UDASEG_TRT_COMPILE_ONLY target compiles the translation units that
 include NvInfer.h (-O0, -Wall -Wextra -Werror, TensorRT/CUDA headers as SYSTEM includes) against
 
-- the TensorRT headers of release 10.16 and 11.1: ``tensorrt-10.16/include`` and ``tensorrt-11.1/include`` under
-  ``../shared/third_party`` beside the repository, or the folders that UDASEG_TRT_HEADERS_10 / _11 name;
+- the TensorRT headers of release 10.16 and 11.1 (Apache-2.0, NVIDIA's public repository): ``tensorrt-10.16/include``
+  and ``tensorrt-11.1/include`` in the ``third_party`` folder that CI keeps beside the repository (THIRD_PARTY
+  below), or the folders that UDASEG_TRT_HEADERS_10 / _11 name;
 - the CUDA runtime headers of the ``nvidia-cuda-runtime-cu12`` and ``nvidia-cuda-nvcc-cu12`` wheels
   (``pip install 'udaseg[trt-check]'``), or the folders that UDASEG_CUDA_INCLUDE_DIRS lists (';'-separated).
 
