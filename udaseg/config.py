@@ -301,10 +301,11 @@ def validate(cfg: Config) -> Config:
 
 def _monitor_and_augment(cfg: Config) -> list[str]:
     from udaseg.data.photometric import check as check_augment
+    from udaseg.engine.monitor import ON_COLLAPSE
+    from udaseg.engine.selection import CRITERIA
 
     m, bad = cfg.monitor, check_augment(cfg.augment)
-    choices = {"monitor.criterion": (m.criterion, ("agreement", "im", "snd", "entropy")),
-               "monitor.on_collapse": (m.on_collapse, ("warn", "stop", "rollback"))}  # fmt: skip
+    choices = {"monitor.criterion": (m.criterion, CRITERIA), "monitor.on_collapse": (m.on_collapse, ON_COLLAPSE)}
     bad += [f"{k}={v!r}: expected one of {', '.join(c)}" for k, (v, c) in choices.items() if v not in c]
     if m.probe_images < 1:
         bad.append(f"monitor.probe_images={m.probe_images}: expected an integer >= 1")

@@ -35,15 +35,7 @@ ON_COLLAPSE = ("warn", "stop", "rollback")
 
 class Monitor:
     def __init__(self, cfg, out: Path, target_dataset, num_classes: int, class_names, device):
-        m = cfg.monitor
-        if m.criterion not in CRITERIA:
-            from udaseg.config import ConfigError
-
-            raise ConfigError(f"monitor.criterion={m.criterion!r}: expected one of {', '.join(CRITERIA)}")
-        if m.on_collapse not in ON_COLLAPSE:
-            from udaseg.config import ConfigError
-
-            raise ConfigError(f"monitor.on_collapse={m.on_collapse!r}: expected one of {', '.join(ON_COLLAPSE)}")
+        m = cfg.monitor  # its values were checked by config.validate (CRITERIA, ON_COLLAPSE)
         self.cfg, self.out, self.device = m, Path(out), device
         self.enabled = m.enabled
         self.class_names = list(class_names)
@@ -51,6 +43,7 @@ class Monitor:
         self.stats = PseudoLabelStats(num_classes, m.confident, device)
         self.guard = CollapseGuard(m.collapse_ratio, m.vanish_ratio, m.coverage_drop, m.patience, m.min_drop)
         self._dataset, self._size = target_dataset, list(m.probe_size or cfg.data.target_resize or [])
+        self._labelled = bool(getattr(target_dataset, "labelled", False))
         self._probe: ProbeSet | None = None
         self.previous: torch.Tensor | None = None  # probe class maps of the last window (change rate)
         self.evaluations: list[dict] = []  # the "select" rows so far
@@ -92,9 +85,8 @@ class Monitor:
         """After train_step: count the step's pseudo-labels (and, for monitoring only, the crops' labels)."""
         if not self.enabled:
             return
-        label = None if target_batch is None else target_batch.get("label")
-        if label is not None and not bool((label != 255).any()):
-            label = None  # an unlabelled target split: no precision/recall
+        # precision/recall only where the target split has labels (decided once: no host sync per step)
+        label = target_batch.get("label") if self._labelled and target_batch is not None else None
         self.stats.add(step, label)
 
     def flush(self, iteration: int, teacher) -> None:
