@@ -708,6 +708,21 @@ def _main(argv: list[str]) -> int:
     ceiling = ceilings(device)
     compiled: dict = {}
     rows = []
+
+    def write(complete: bool) -> None:
+        """Written after every case, so a run stopped at its time limit keeps what it measured."""
+        results = {
+            "environment": environment(device),
+            "ceilings": ceiling,
+            "load_before": load_before,
+            "load_after": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+            "complete": complete,
+            "rows": rows,
+            "notes": _notes(device) + ([] if complete else ["partial: the run stopped before its last case"]),
+        }
+        write_json(args.out / f"kernels-{device}.json", results)
+        write_text(args.out / f"kernels-{device}.md", markdown(results))
+
     for op, build in CASES.items():
         if args.ops and op not in args.ops.split(","):
             continue
@@ -724,16 +739,8 @@ def _main(argv: list[str]) -> int:
                     ),
                     flush=True,
                 )
-    results = {
-        "environment": environment(device),
-        "ceilings": ceiling,
-        "load_before": load_before,
-        "load_after": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-        "rows": rows,
-        "notes": _notes(device),
-    }
-    write_json(args.out / f"kernels-{device}.json", results)
-    write_text(args.out / f"kernels-{device}.md", markdown(results))
+            write(complete=False)
+    write(complete=True)
     print(f"wrote {args.out / f'kernels-{device}.json'} and .md")
     return 0
 

@@ -71,7 +71,9 @@ def measure(method: str, impl: str, size: str, iters: int, out: Path, amp: bool 
         "--iters",
         str(iters),
     ] + [x for s in sets for x in ("--set", s)]
-    subprocess.run(args, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    done = subprocess.run(args, cwd=ROOT, stdout=subprocess.DEVNULL)
+    if done.returncode != 0:  # a failed run is a row of the table (its error is on stderr above), not the end
+        return {"method": method, "kernels": impl, "amp": amp, "error": f"train exited with {done.returncode}"}
     final = json.loads((out / "final.json").read_text())
     return {
         "method": method,
@@ -83,7 +85,7 @@ def measure(method: str, impl: str, size: str, iters: int, out: Path, amp: bool 
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
-    base = {r["kernels"]: r["step_ms"] for r in rows if r["method"] == "self_training"}
+    base = {r["kernels"]: r["step_ms"] for r in rows if r["method"] == "self_training" and "error" not in r}
     lines = [
         f"Training step, {meta['device']}, {meta['size']}: {meta['setting']}",
         "",
@@ -91,6 +93,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['method']} | {r['kernels']} | {r['error']} | | | |")
+            continue
         over = r["step_ms"] - base.get(r["kernels"], float("nan"))
         share = over / r["step_ms"] if r["method"] != "self_training" else 0.0
         lines.append(
@@ -122,7 +127,11 @@ def main() -> None:
         for impl in args.kernels.split(","):
             out = ROOT / args.out / args.size / f"{method.replace('+', '-')}-{impl}"
             rows.append(measure(method, impl, args.size, args.iters, out, args.amp))
-            print(rows[-1])
+            print(rows[-1], flush=True)
+            write(args, rows, cuda)  # after every row: a run stopped at its time limit keeps what it measured
+
+
+def write(args: argparse.Namespace, rows: list[dict], cuda: bool) -> None:
     device = torch.cuda.get_device_name(0) if cuda else f"cpu ({platform.processor() or 'x86_64'}, "
     device += "" if cuda else f"{torch.get_num_threads()} threads)"
     meta = {

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -75,7 +76,7 @@ def steps(wheels: str | None, iters: int) -> list[Step]:
         ),
         Step(
             "kernels",
-            [PY, "benchmarks/bench_kernels.py", "--device", "cuda", "--reps", "3"],
+            [PY, "benchmarks/bench_kernels.py", "--device", "cuda", "--reps", "15"],
             True,
             130,
             "kernel benchmark at paper sizes (bf16), with the roofline model",
@@ -93,7 +94,7 @@ def steps(wheels: str | None, iters: int) -> list[Step]:
                 "--kernels",
                 "triton,torch",
                 "--iters",
-                "20",
+                "32",
                 "--amp",
             ],
             True,
@@ -150,11 +151,19 @@ def run_step(step: Step, timeout: float) -> dict:
     """Run one step with its output streamed to the console; its record for the log."""
     print(f"\n=== {step.name}: {step.what}\n$ {' '.join(step.command)}", flush=True)
     start = time.perf_counter()
+    # Its own process group: on timeout the step's children (bench_step's training runs) go too, so nothing
+    # keeps the GPU busy under the next step.
+    proc = subprocess.Popen(step.command, cwd=ROOT, env=_env(step), start_new_session=True)
     try:
-        done = subprocess.run(step.command, cwd=ROOT, env=_env(step), timeout=max(1.0, timeout))
-        rc = done.returncode
+        rc = proc.wait(timeout=max(1.0, timeout))
     except subprocess.TimeoutExpired:
         rc = "timeout"
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        proc.wait()
     return {
         "step": step.name,
         "command": " ".join(step.command),

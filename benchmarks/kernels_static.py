@@ -117,12 +117,11 @@ def _compile(fn, args: tuple, meta: dict, arch: int):
 
     target = GPUTarget("cuda", arch, 32)
     backend = make_backend(target)
-    kwargs = {
-        **meta,
-        "debug": False,
-        "instrumentation_mode": knobs.compilation.instrumentation_mode,
-        "fpsan_homomorphic_casts": knobs.compilation.fpsan_homomorphic_casts,
-    }
+    kwargs = {**meta, "debug": False}
+    # Launch-time knobs the binder expects; which exist depends on the Triton version (3.6 lacks the fpsan one).
+    for knob in ("instrumentation_mode", "fpsan_homomorphic_casts"):
+        if hasattr(knobs.compilation, knob):
+            kwargs[knob] = getattr(knobs.compilation, knob)
     binder = create_function_from_signature(fn.signature, fn.params, backend)
     bound, specialization, options = binder(*args, **kwargs)
     options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)

@@ -1,12 +1,15 @@
 """export/to_onnx.py: graph I/O in every mode, dynamic shapes, fp16/int8 conversion, and clear errors."""
 
+# ruff: noqa: E402 - the project imports come after the skip when onnx (the export extra) is missing
+
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
 import torch
 from export_testdata import SIZE
+
+onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install 'udaseg[export]')")
 
 from udaseg.export import prepost
 from udaseg.export.onnx_utils import (

@@ -1,10 +1,13 @@
 """export/trt_compat.py and export/simplify.py: the TensorRT parser report and onnxslim, on small graphs made here."""
 
+# ruff: noqa: E402 - the project imports come after the skip when onnx (the export extra) is missing
+
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
+
+onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install 'udaseg[export]')")
 from onnx import TensorProto, helper, numpy_helper
 
 from udaseg.export.trt_compat import parser_report
