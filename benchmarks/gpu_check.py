@@ -10,7 +10,7 @@ Steps, in order, each with a time budget (the whole run stops at --budget second
   3. pytest      pytest -m gpu: the kernels against their float64 references on the GPU, every dtype
   4. kernels     bench_kernels.py --device cuda: every op, eager / torch.compile / triton, beside the roofline model
   5. step        bench_step.py --size paper: a training step with the fused kernels against the torch reference
-  6. train       python -m udaseg.train --kernels triton, 300 iterations, AMP (bf16 on Hopper)
+  6. train       python -m udaseg.train --method dida+cpsl --kernels triton, 300 iterations, AMP (bf16 on Hopper)
 Results: benchmarks/results/kernels-cuda.*, step-cuda-paper.*, gpu-check-cuda.{json,md} (this run's log).
 
 Without a CUDA device it runs the steps before the first one that needs CUDA, then stops with exit code 3 and
@@ -108,6 +108,8 @@ def steps(wheels: str | None, iters: int) -> list[Step]:
                 PY,
                 "-m",
                 "udaseg.train",
+                "--method",
+                "dida+cpsl",
                 "--kernels",
                 "triton",
                 "--iters",
@@ -124,7 +126,7 @@ def steps(wheels: str | None, iters: int) -> list[Step]:
             ],
             True,
             80,
-            f"{iters}-iteration training run with the Triton kernels and AMP",
+            f"{iters}-iteration dida+cpsl training run with the Triton kernels and AMP",
             no_interp,
         ),
     ]

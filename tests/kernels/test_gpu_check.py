@@ -33,7 +33,7 @@ def test_stops_at_the_first_cuda_step_and_says_what_it_would_run(tmp_path):
         "pytest -q -m gpu",
         "bench_kernels.py --device cuda",
         "bench_step.py --size paper",
-        "udaseg.train --kernels triton --iters 300 --warmup-iters 0 --set train.amp=true",
+        "udaseg.train --method dida+cpsl --kernels triton --iters 300 --warmup-iters 0 --set train.amp=true",
     ):
         assert later in done.stderr, f"the stop message should list {later!r}"
     assert not list(tmp_path.iterdir()), "a stopped dry run writes no results"
