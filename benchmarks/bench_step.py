@@ -2,6 +2,7 @@
 
     python benchmarks/bench_step.py                       # small (CPU) size: 128x256 crops, batch 4, compact model
     python benchmarks/bench_step.py --size paper          # 512x512 crops, batch 2, DeepLabV2-R101, 19 x 2000 bank (GPU)
+    python benchmarks/bench_step.py --size daformer       # the same with DAFormer (MiT-B5) (GPU)
     python benchmarks/bench_step.py --size paper --kernels triton,torch --no-amp   # float32 embeddings instead
 
 Each (method, kernels) pair is a fresh `python -m udaseg.train` process that adapts for `--iters` iterations on a
@@ -30,6 +31,14 @@ SIZES = {
         "data.crop=[512, 512]",
         "data.batch_size=2",
         "model.name=deeplabv2_r101",
+        "data.synthetic={size: [512, 1024], count: 16}",
+        "methods.dida.bank_per_class=2000",
+    ],
+    # The state of the art's network (MiT-B5 encoder, DAFormer decoder) at the same paper setting.
+    "daformer": [
+        "data.crop=[512, 512]",
+        "data.batch_size=2",
+        "model.name=daformer_mitb5",
         "data.synthetic={size: [512, 1024], count: 16}",
         "methods.dida.bank_per_class=2000",
     ],
@@ -120,8 +129,8 @@ def main() -> None:
     )
     args = p.parse_args()
     cuda = torch.cuda.is_available()
-    if args.size == "paper" and not cuda:
-        raise SystemExit("--size paper is meant for a GPU (DeepLabV2-R101 at 512x512); none is available here")
+    if args.size != "small" and not cuda:
+        raise SystemExit(f"--size {args.size} is meant for a GPU (512x512 crops, paper models); none is available here")
     rows = []
     for method in args.methods.split(","):
         for impl in args.kernels.split(","):

@@ -62,7 +62,8 @@ def steps(wheels: str | None, iters: int) -> list[Step]:
         "import sys, torch; ok = torch.cuda.is_available(); "
         "print(torch.cuda.get_device_name(0) if ok else 'no CUDA device'); sys.exit(0 if ok else 1)"
     )
-    no_interp = {"TRITON_INTERPRET": None}  # compiled kernels on the GPU, never the interpreter
+    # Compiled kernels on the GPU, never the interpreter: "0", not unset, since tests/kernels sets it when unset.
+    no_interp = {"TRITON_INTERPRET": "0"}
     return [
         Step("install", install, False, 60, "install the project offline (WHEELS) or check that it imports"),
         Step("cuda", [PY, "-c", cuda_probe], True, 20, "torch sees a CUDA device"),

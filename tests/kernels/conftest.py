@@ -1,7 +1,8 @@
 """Shared fixtures of the kernel tests: the implementations to compare, a closeness check that reports mismatches.
 
 Triton kernels run here under the interpreter (``TRITON_INTERPRET=1``, set below before udaseg.kernels is
-imported, because Triton chooses compile-or-interpret when a kernel is decorated). Shapes for the interpreter stay
+imported, because Triton chooses compile-or-interpret when a kernel is decorated; TRITON_INTERPRET=0 compiles them,
+for the GPU tests). Shapes for the interpreter stay
 tiny (N <= 70, M <= 80, D <= 40, plus D = 256 at N <= 40) so the whole folder runs in a few minutes on two cores.
 """
 
@@ -24,6 +25,20 @@ NO_TRITON_REASON = (
     "Triton kernels need CUDA or TRITON_INTERPRET=1 set before udaseg.kernels is first imported "
     f"(triton installed: {_dispatch.HAS_TRITON}, interpreting: {_dispatch.INTERPRET})"
 )
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """The GPU tests check the compiled kernels: under the interpreter they would test the interpreter instead
+    (and it cannot run them on CUDA tensors), so they skip, saying how to run them."""
+    if not _dispatch.INTERPRET:
+        return
+    skip = pytest.mark.skip(
+        reason="GPU tests compile the kernels, but TRITON_INTERPRET=1 is set (this folder sets it when unset): "
+        "run them with TRITON_INTERPRET=0, as make gpu-check does"
+    )
+    for item in items:
+        if item.get_closest_marker("gpu"):
+            item.add_marker(skip)
 
 
 @pytest.fixture(
