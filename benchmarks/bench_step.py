@@ -93,10 +93,28 @@ def measure(method: str, impl: str, size: str, iters: int, out: Path, amp: bool 
     }
 
 
+def _triton_version() -> str:
+    try:
+        import triton
+    except ImportError:
+        return "not installed"
+    return triton.__version__
+
+
+def _commit() -> str:
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    return done.stdout.strip() or "unknown"
+
+
 def markdown(rows: list[dict], meta: dict) -> str:
     base = {r["kernels"]: r["step_ms"] for r in rows if r["method"] == "self_training" and "error" not in r}
     lines = [
         f"Training step, {meta['device']}, {meta['size']}: {meta['setting']}",
+        "",
+        f"torch {meta['torch']}, triton {meta.get('triton', 'n/a')}, commit {meta.get('commit', 'n/a')}, "
+        f"{meta['date']}, AMP {meta['amp']}; ms / iteration between the logged rows of the last "
+        f"{meta['iters'] - max(meta['iters'] // 4, 1)} of {meta['iters']} iterations (one run each: differences "
+        "of a few percent, negative overheads included, are run-to-run noise).",
         "",
         "| method | kernels | ms / iteration | method overhead (ms) | overhead share | peak MB |",
         "|---|---|---|---|---|---|",
@@ -149,6 +167,8 @@ def write(args: argparse.Namespace, rows: list[dict], cuda: bool) -> None:
         "setting": " ".join(SIZES[args.size]),
         "iters": args.iters,
         "torch": torch.__version__,
+        "triton": _triton_version(),
+        "commit": _commit(),
         "date": time.strftime("%Y-%m-%d"),
         "amp": args.amp,
     }
