@@ -121,6 +121,16 @@ class AugmentConfig:
 
 
 @dataclass
+class FeatureDistanceConfig:
+    """DAFormer's ImageNet feature distance (udaseg/engine/feature_distance.py): keeps the student's deepest encoder
+    features on source "thing" pixels near those of the frozen pretrained encoder. Off at weight 0."""
+
+    weight: float = 0.0  # lambda_FD (DAFormer: 0.005); > 0 needs model.pretrained
+    classes: list[int] = field(default_factory=lambda: [6, 7, 11, 12, 13, 14, 15, 16, 17, 18])  # DAFormer's things
+    min_ratio: float = 0.75  # an encoder cell counts for a class when >= this share of its pixels has it
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -128,6 +138,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    feature_distance: FeatureDistanceConfig = field(default_factory=FeatureDistanceConfig)
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-method options: methods.dida.tau=0.1
 
 
@@ -309,6 +320,18 @@ def _monitor_and_augment(cfg: Config) -> list[str]:
     bad += [f"{k}={v!r}: expected one of {', '.join(c)}" for k, (v, c) in choices.items() if v not in c]
     if m.probe_images < 1:
         bad.append(f"monitor.probe_images={m.probe_images}: expected an integer >= 1")
+    fd = cfg.feature_distance
+    if not fd.weight >= 0:
+        bad.append(f"feature_distance.weight={fd.weight}: expected a number >= 0 (0 = off; DAFormer: 0.005)")
+    elif fd.weight > 0 and not cfg.model.pretrained:
+        bad.append(
+            f"feature_distance.weight={fd.weight} needs model.pretrained: the distance is to the frozen pretrained "
+            "(ImageNet) encoder, and there is none without it"
+        )
+    if not 0 < fd.min_ratio <= 1:
+        bad.append(f"feature_distance.min_ratio={fd.min_ratio}: expected a share in (0, 1]")
+    if not fd.classes or any(not isinstance(c, int) or not 0 <= c < 255 for c in fd.classes):
+        bad.append(f"feature_distance.classes={fd.classes}: expected a non-empty list of class ids (0-254)")
     return bad
 
 

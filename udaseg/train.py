@@ -43,6 +43,7 @@ from udaseg.config import Config, ConfigError, load_config, save_config, to_dict
 from udaseg.data.labels import IGNORE_INDEX
 from udaseg.engine import folder
 from udaseg.engine import optim as O
+from udaseg.engine.feature_distance import FeatureDistance
 from udaseg.engine.inputs import build_data, build_datasets, check_inputs, streams
 from udaseg.engine.log import MetricLog, append_jsonl, trim_jsonl
 from udaseg.engine.monitor import Monitor
@@ -107,9 +108,9 @@ def teacher_predict(step: Step) -> dict[str, torch.Tensor]:
     return {**out, "probs": out["logits"].softmax(1), "features": out["features"].float()}
 
 
-def train_step(step: Step, methods: list[Method]) -> dict[str, torch.Tensor]:
+def train_step(step: Step, methods: list[Method], feature_distance: FeatureDistance | None = None) -> dict:
     """Hooks in order (methods/base.py): pseudo-labels, mix, student forward, losses. Returns the loss terms:
-    the loop's own `source_ce`, and each plug-in's terms as `<plug-in>/<term>`."""
+    the loop's own `source_ce` (and `feature_distance` when on), and each plug-in's terms as `<plug-in>/<term>`."""
     needs_target = any(m.needs_target for m in methods) and step.target_image is not None
     if needs_target:
         step.teacher_target = teacher_predict(step)
@@ -120,6 +121,10 @@ def train_step(step: Step, methods: list[Method]) -> dict[str, torch.Tensor]:
     step.student.train()
     step.student_source = step.forward(step.student, step.source_image)
     losses = {"source_ce": F.cross_entropy(step.student_source["logits"], step.source_label, ignore_index=IGNORE_INDEX)}
+    if feature_distance is not None:
+        losses["feature_distance"] = feature_distance.loss(
+            step.student_source["encoder"], step.source_image, step.source_label, step.amp
+        )
     if needs_target and step.mix_image is not None:
         step.student_mix = step.forward(step.student, step.mix_image)
     for m in methods:
@@ -192,9 +197,11 @@ def build_run(cfg: Config, data: TrainData, device: torch.device) -> tuple[Run, 
     """Student, EMA teacher, stages and plug-ins, optimizer; fills the plug-ins' option defaults into `cfg`."""
     num_classes = (data.val if data.val is not None else data.source.dataset).num_classes
     spec = {"name": cfg.model.name, "num_classes": num_classes, "kwargs": dict(cfg.model.kwargs)}
-    student = build_model(
-        cfg.model.name, num_classes=num_classes, pretrained=cfg.model.pretrained or None, **cfg.model.kwargs
-    ).to(device)
+
+    def model():
+        return build_model(cfg.model.name, num_classes, cfg.model.pretrained or None, **cfg.model.kwargs).to(device)
+
+    student = model()
     if device.type == "cuda" and cfg.train.channels_last:
         student = student.to(memory_format=torch.channels_last)
     teacher = copy.deepcopy(student).requires_grad_(False)
@@ -214,6 +221,9 @@ def build_run(cfg: Config, data: TrainData, device: torch.device) -> tuple[Run, 
         model_spec=spec,
         config_dict=to_dict(cfg),
     )
+    fd = cfg.feature_distance
+    if fd.weight > 0:  # the frozen pretrained encoder, rebuilt from the file (also on resume)
+        run.feature_distance = FeatureDistance(model(), fd.weight, fd.classes, fd.min_ratio, num_classes)
     return run, stages
 
 
@@ -362,7 +372,7 @@ def run_stage(run: Run, cfg: Config, stage: Stage, out: Path, tools: LoopTools) 
         )
         step = make_step(run, cfg, it, next(src_it), tgt := next(tgt_it), tools.amp)
         buffers = snapshot_buffers(run)  # the forward passes update BatchNorm statistics
-        losses = train_step(step, stage.methods)
+        losses = train_step(step, stage.methods, run.feature_distance)
         run.monitor.observe(step, tgt)  # its labels, if any, are only counted for monitoring
         losses["total"] = sum(losses.values())
         finite, stopping = step_flags(losses, tools.stop, it)

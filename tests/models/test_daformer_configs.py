@@ -33,6 +33,8 @@ def test_daformer_schedule(name):
     assert d.protocol == (16 if name.startswith("synthia") else 19)
     assert d.source.startswith("synthia:" if name.startswith("synthia") else "gta5:")
     assert cfg.model.name == "daformer_mitb5" and cfg.model.pretrained.endswith("mit_b5.pth")
+    fd = cfg.feature_distance
+    assert (fd.weight, fd.classes, fd.min_ratio) == (0.005, [6, 7, 11, 12, 13, 14, 15, 16, 17, 18], 0.75)
     assert t.method == name.split("_", 1)[1].removesuffix("_daformer.yaml")
     if "self_training" in cfg.methods:
         st = cfg.methods["self_training"]

@@ -35,7 +35,7 @@ def check_output(model, size, batch=2):
     out = model(x)
     s = model.output_stride
     oh, ow = math.ceil(h / s), math.ceil(w / s)
-    assert set(out) == {"logits", "features"}
+    assert set(out) == {"logits", "features", "encoder"}
     assert out["logits"].shape == (batch, model.num_classes, oh, ow)
     assert out["features"].shape == (batch, model.feature_dim, oh, ow)
     assert torch.isfinite(out["logits"]).all()

@@ -1,8 +1,9 @@
 """The run's metrics file: one JSON row per logging window, evaluation rows, trimmed on resume.
 
 Row keys: `iter`, `stage` (warmup, adapt or eval), `lr`, `grad_norm`, `it_per_s`, `img_per_s`, `miou` (eval rows);
-the loop's own loss terms `source_ce` and `total`; every plug-in's loss terms and metrics as `<plug-in>/<term>`
-(e.g. `self_training/pseudo_ce`). Values are strict JSON: a NaN/inf (a skipped step) is written as null.
+the loop's own loss terms `source_ce`, `feature_distance` (when on) and `total`; every plug-in's loss terms and
+metrics as `<plug-in>/<term>` (e.g. `self_training/pseudo_ce`). Values are strict JSON: a NaN/inf (a skipped
+step) is written as null.
 """
 
 from __future__ import annotations

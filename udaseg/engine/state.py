@@ -92,6 +92,7 @@ class Run:
     bad_in_a_row: int = 0  # consecutive skipped (non-finite) steps
     done: bool = False  # both stages finished (not stopped by a signal or stop_after)
     monitor: Any = None  # engine.monitor.Monitor: pseudo-label diagnostics, label-free checkpoint selection
+    feature_distance: Any = None  # engine.feature_distance.FeatureDistance when feature_distance.weight > 0
 
 
 # ----------------------------------------------------------------------------- random state

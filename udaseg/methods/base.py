@@ -62,7 +62,7 @@ class Step:
     #                                    the same position (not a source pixel, not a pasted donor): where the
     #                                    teacher's output on target_image is a valid per-pixel target
     # --- set by the loop ---
-    student_source: dict[str, Tensor] = field(default_factory=dict)  # logits (B,C,H,W) upsampled, features
+    student_source: dict[str, Tensor] = field(default_factory=dict)  # logits (B,C,H,W) upsampled, features, encoder
     student_mix: dict[str, Tensor] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)  # scalars to log (not losses), named "<plug-in>/<what>"
     amp: Callable[[], Any] = contextlib.nullcontext  # the loop's autocast context (bf16/fp16 on CUDA)
@@ -81,7 +81,8 @@ class Step:
 
         with self.amp():
             out = model(image)
-        return {"logits": upsample(out["logits"].float(), image.shape[-2:]), "features": out["features"]}
+        extra = {"encoder": out["encoder"]} if "encoder" in out else {}  # ImageNet feature distance's input
+        return {"logits": upsample(out["logits"].float(), image.shape[-2:]), "features": out["features"], **extra}
 
 
 class Method:

@@ -70,7 +70,9 @@ def param_groups(model: nn.Module, lr: float, head_lr_mult: float = 10.0) -> lis
 
 
 class SegmentationModel(nn.Module):
-    """Base of every udaseg model: ``forward(x) -> {"logits": (B, C, h, w), "features": (B, F, h, w)}``.
+    """Base of every udaseg model: ``forward(x) -> {"logits": (B, C, h, w), "features": (B, F, h, w), "encoder":
+    (B, E, h', w')}`` (features: the decoder's, for the plug-ins; encoder: the backbone's deepest map, what
+    ImageNet feature distance holds near the pretrained weights); ``encode(x)`` computes the encoder map alone.
 
     Subclasses set ``num_classes``, ``feature_dim``, ``output_stride`` (h = ceil(H / output_stride)) and
     ``head_names`` (top-level children trained at the head learning rate).

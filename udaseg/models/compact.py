@@ -97,12 +97,18 @@ class CompactSeg(SegmentationModel):
         init_weights(self)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:  # (B, 3, H, W) in [0, 1]
-        x = self.stem(self.normalize(x))  # (B, w, H/4, W/4)
-        low = self.stage8(x)  # (B, 2w, H/8, W/8)
-        ctx = self.context(self.stage16(low))  # (B, F, H/16, W/16)
-        ctx = upsample(ctx, low.shape[-2:])  # (B, F, H/8, W/8)
+        low, deep = self._encode(x)
+        ctx = upsample(self.context(deep), low.shape[-2:])  # (B, F, H/16, W/16) -> (B, F, H/8, W/8)
         feats = self.fuse(torch.cat([ctx, self.low_proj(low)], dim=1))  # (B, F, H/8, W/8)
-        return {"logits": self.classifier(feats), "features": feats}
+        return {"logits": self.classifier(feats), "features": feats, "encoder": deep}
+
+    def _encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        low = self.stage8(self.stem(self.normalize(x)))  # (B, w, H/4, W/4) -> (B, 2w, H/8, W/8)
+        return low, self.stage16(low)  # (B, 4w, H/16, W/16)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """The encoder's deepest map (B, 4w, H/16, W/16), before the pooled context."""
+        return self._encode(x)[1]
 
 
 @register_model

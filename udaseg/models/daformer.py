@@ -141,8 +141,13 @@ class MiTSegmenter(SegmentationModel):
         nn.init.zeros_(classifier.bias)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:  # (B, 3, H, W) in [0, 1]
-        logits, feats = self.decode_head(self.backbone(self.normalize(x)))  # (B, C | F, ceil(H/4), ceil(W/4))
-        return {"logits": logits, "features": feats}
+        maps = self.backbone(self.normalize(x))
+        logits, feats = self.decode_head(maps)  # (B, C | F, ceil(H/4), ceil(W/4))
+        return {"logits": logits, "features": feats, "encoder": maps[-1]}
+
+    def encode(self, x: Tensor) -> Tensor:
+        """The encoder's deepest map (B, 512, ceil(H/32), ceil(W/32)), without the decoder."""
+        return self.backbone(self.normalize(x))[-1]
 
     def param_groups(self, lr: float, head_lr_mult: float = 10.0) -> list[dict]:
         """backbone (lr), backbone LayerNorms (lr, weight decay 0), decode_head (lr * head_lr_mult)."""

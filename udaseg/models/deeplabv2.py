@@ -132,10 +132,14 @@ class DeepLabV2(SegmentationModel):
         return self
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:  # (B, 3, H, W) in [0, 1]
+        feats = self.encode(x)  # (B, 2048, H/8, W/8): the backbone's output is the decoder's input
+        return {"logits": self.classifier(feats), "features": feats, "encoder": feats}
+
+    def encode(self, x: Tensor) -> Tensor:
+        """The ResNet's last stage (B, 2048, H/8, W/8)."""
         x = self.relu(self.bn1(self.conv1(self.normalize(x))))  # (B, 64, H/2, W/2)
         x = self.layer2(self.layer1(self.maxpool(x)))  # (B, 512, H/8, W/8)
-        feats = self.layer4(self.layer3(x))  # (B, 2048, H/8, W/8)
-        return {"logits": self.classifier(feats), "features": feats}
+        return self.layer4(self.layer3(x))
 
 
 @register_model
