@@ -269,6 +269,7 @@ def recording_rows(graph: Path, size: tuple[int, int], out: Path, args) -> list[
             float_confidence=False,
             progress=False,
             output=str(out / f"seg{suffix}"),
+            ops=infer.load_prepost("auto"),  # what `python -m udaseg.infer` uses: C++ when built
         )
         source = BagSource(path, "/cam")
         infer.segment = timed_segment
@@ -289,7 +290,7 @@ def recording_rows(graph: Path, size: tuple[int, int], out: Path, args) -> list[
         rows += [
             {"backend": f"bag {suffix}: read + decode", "precision": "rgb8", **stats(reads)},
             {
-                "backend": f"bag {suffix}: pre + post (python)",
+                "backend": f"bag {suffix}: pre + post ({ns.ops.name})",
                 "precision": "-",
                 **stats([s - m for s, m in zip(seg, model)]),
             },
@@ -326,11 +327,11 @@ def recording_overheads(rows: list[dict]) -> list[str]:
         }
         if median:
             io_ms = median["loop outside the model (read + write)"]
+            prepost = next(k for k in median if k.startswith("pre + post"))
             lines.append(
                 f"bag {suffix}: reading + writing add {io_ms:.1f} ms a frame = "
                 f"{100 * io_ms / median['onnxruntime cpu']:.1f} % of the ONNX Runtime time "
-                f"({median['onnxruntime cpu']:.1f} ms; goal < 10 %); Python pre + post "
-                f"{median['pre + post (python)']:.1f} ms"
+                f"({median['onnxruntime cpu']:.1f} ms; goal < 10 %); {prepost} {median[prepost]:.1f} ms"
             )
     return lines
 

@@ -23,7 +23,9 @@ processed up to the cut: the outputs keep those frames, the cut is reported, and
 
 Every backend gets the same input (export/prepost.py: bilinear resize to the network size, [0, 1] or uint8, CHW)
 and its class map goes through the same nearest resize back to the image. The network size is the graph's or
-engine's static shape, else ``--height/--width``, else the image's own size.
+engine's static shape, else ``--height/--width``, else the image's own size. These steps run in the C++ runtime
+(``udaseg._runtime``, built by ``pip install``; bit-identical to export/prepost.py and several times faster) when it
+is importable, else in numpy: ``--prepost cpp`` / ``python`` chooses.
 """
 
 from __future__ import annotations
@@ -133,21 +135,93 @@ def load_backend(path: str | os.PathLike, provider: str = "cpu", device: str = "
     raise InferError(f"{path}: unknown model type {suffix!r}; expected {CHECKPOINT_EXTS}, .onnx or .engine")
 
 
-def segment(backend, image: np.ndarray, size: tuple[int, int] | None = None, with_confidence: bool = False) -> dict:
-    """One ``(H, W, 3)`` uint8 RGB image -> ``{"labels": (H, W) uint8, "color": (H, W, 3)[, "confidence"]}``."""
+class CppPrePost:
+    """export/prepost.py's steps through the C++ runtime's bindings (tests/export/test_runtime_cpp.py checks that
+    they are bit-identical); the float confidence map's resize stays in numpy (the runtime resizes uint8 maps)."""
+
+    name = "cpp"
+
+    def __init__(self, runtime) -> None:
+        from udaseg.data.labels import PALETTE
+
+        self.rt = runtime
+        self.palette = np.asarray(PALETTE, dtype=np.uint8)
+
+    def preprocess(self, image: np.ndarray, height: int, width: int) -> np.ndarray:
+        return self.rt.preprocess(np.ascontiguousarray(image), height, width)
+
+    def preprocess_u8(self, image: np.ndarray, height: int, width: int) -> np.ndarray:
+        return self.rt.preprocess_u8(np.ascontiguousarray(image), height, width)
+
+    def argmax(self, logits: np.ndarray) -> np.ndarray:
+        return self.rt.argmax(np.ascontiguousarray(logits, dtype=np.float32), "uint8")
+
+    def confidence(self, logits: np.ndarray) -> np.ndarray:
+        return self.rt.confidence(np.ascontiguousarray(logits, dtype=np.float32))
+
+    def colorize(self, labels: np.ndarray) -> np.ndarray:
+        return self.rt.colorize(np.ascontiguousarray(labels, dtype=np.uint8), self.palette)
+
+    def resize_nearest(self, labels: np.ndarray, height: int, width: int) -> np.ndarray:
+        if labels.dtype != np.uint8:
+            return prepost.resize_nearest(labels, height, width)
+        return self.rt.resize_nearest(np.ascontiguousarray(labels), height, width)
+
+
+class PythonPrePost:
+    """export/prepost.py itself (numpy): the reference the C++ runtime is checked against."""
+
+    name = "python"
+    preprocess = staticmethod(prepost.preprocess)
+    preprocess_u8 = staticmethod(prepost.preprocess_u8)
+    argmax = staticmethod(prepost.argmax)
+    confidence = staticmethod(prepost.confidence)
+    colorize = staticmethod(prepost.colorize)
+    resize_nearest = staticmethod(prepost.resize_nearest)
+
+
+def load_prepost(kind: str = "auto"):
+    """The pre/post steps: "cpp" (the C++ runtime; an error naming how to build it when it is missing), "python"
+    (numpy), or "auto" (cpp when importable, else python)."""
+    if kind == "python":
+        return PythonPrePost()
+    try:
+        from udaseg import _runtime
+    except ImportError as e:
+        if kind == "cpp":
+            raise InferError(
+                "--prepost cpp: the C++ runtime udaseg._runtime is not built (pip install -e . builds it when a C++ "
+                "compiler and pybind11 are present); use --prepost python"
+            ) from e
+        return PythonPrePost()
+    return CppPrePost(_runtime)
+
+
+def segment(
+    backend,
+    image: np.ndarray,
+    size: tuple[int, int] | None = None,
+    with_confidence: bool = False,
+    ops=None,
+) -> dict:
+    """One ``(H, W, 3)`` uint8 RGB image -> ``{"labels": (H, W) uint8, "color": (H, W, 3)[, "confidence"]}``.
+
+    ``ops``: the pre/post steps (``load_prepost``; default: numpy, export/prepost.py).
+    """
+    ops = ops or PythonPrePost()
     h, w = backend.input_size or size or image.shape[:2]
-    pre = prepost.preprocess_u8 if backend.input_dtype == "uint8" else prepost.preprocess
+    pre = ops.preprocess_u8 if backend.input_dtype == "uint8" else ops.preprocess
     out = backend(pre(image, h, w)[None])  # (1, 3, h, w)
     logits = out["logits"][0] if "logits" in out else None
-    labels = out["labels"][0].astype(np.uint8) if "labels" in out else prepost.argmax(logits)  # (h, w)
-    labels = prepost.resize_nearest(labels, *image.shape[:2])
-    result = {"labels": labels, "color": prepost.colorize(labels)}
+    labels = out["labels"][0].astype(np.uint8) if "labels" in out else ops.argmax(logits)  # (h, w)
+    labels = ops.resize_nearest(labels, *image.shape[:2])
+    result = {"labels": labels, "color": ops.colorize(labels)}
     if with_confidence:
         if logits is None:
             raise InferError("--confidence needs logits: export with --output-mode logits or both")
-        conf = prepost.confidence(logits)  # (h, w) float32 in (0, 1]
-        result["confidence"] = prepost.resize_nearest(np.rint(conf * 255).astype(np.uint8), *image.shape[:2])
-        result["confidence_f32"] = prepost.resize_nearest(conf, *image.shape[:2])
+        conf = ops.confidence(logits)  # (h, w) float32 in (0, 1]
+        result["confidence"] = ops.resize_nearest(np.rint(conf * 255).astype(np.uint8), *image.shape[:2])
+        result["confidence_f32"] = ops.resize_nearest(conf, *image.shape[:2])
     return result
 
 
@@ -232,7 +306,8 @@ def run_images(backend, args, report: Report) -> None:
             except DatasetError as e:
                 report.skipped.append((str(path), str(e)))
                 continue
-            report.written += write_pngs(out_dir, stems[path], segment(backend, image, args.size, args.confidence))
+            result = segment(backend, image, args.size, args.confidence, args.ops)
+            report.written += write_pngs(out_dir, stems[path], result)
             report.inputs_done += 1
             log.debug("%s -> %s_{labels,color}.png", path, out_dir / stems[path])
 
@@ -304,7 +379,7 @@ def run_recording(backend, source, args, report: Report) -> None:
                 if not hasattr(frame, "image"):  # a BadFrame: skipped, the stream goes on
                     report.skipped.append((f"frame {frame.index}", frame.reason))
                     continue
-                result = segment(backend, frame.image, args.size, args.confidence)
+                result = segment(backend, frame.image, args.size, args.confidence, args.ops)
                 name = f"frame{frame.index:06d}"
                 if bag is not None:
                     bag.write(frame, result)  # queued on the bag's own writer thread
@@ -340,6 +415,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--confidence", action="store_true", help="also write the confidence (needs logits)")
     p.add_argument("--float-confidence", action="store_true", help="bag output: confidence as 32FC1 in [0, 1]")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument(
+        "--prepost",
+        default="auto",
+        choices=["auto", "cpp", "python"],
+        help="resize/argmax/colour steps: the C++ runtime or numpy (default: C++ when built)",
+    )
     args = p.parse_args(argv)
     args.size = (args.height, args.width) if args.height and args.width else None
     if args.float_confidence:
@@ -353,6 +434,7 @@ def infer(args: argparse.Namespace) -> Report:
     from udaseg.export.to_trt import TensorRTUnavailable
 
     report = Report()
+    args.ops = load_prepost(getattr(args, "prepost", "auto"))
     source = open_recording(args)  # before the model: a wrong topic is reported at once
     try:
         backend = load_backend(args.checkpoint, args.provider, args.device)

@@ -12,7 +12,7 @@ from PIL import Image
 
 from udaseg.data.labels import PALETTE
 from udaseg.export.onnx_utils import ExportError
-from udaseg.infer import InferError, list_images, load_backend, main, segment
+from udaseg.infer import InferError, list_images, load_backend, load_prepost, main, segment
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +33,47 @@ def test_onnx_and_checkpoint_agree_at_the_same_network_size(checkpoint, fp32_onn
     assert pt["labels"].shape == image.shape[:2] and pt["color"].shape == (*image.shape[:2], 3)
     assert (pt["labels"] == ox["labels"]).mean() >= 0.999
     assert np.abs(pt["confidence"].astype(int) - ox["confidence"].astype(int)).max() <= 1
+
+
+class _Logits:
+    """A backend returning fixed logits at a network size other than the frame's (resizes both ways)."""
+
+    input_size, input_dtype = (24, 40), "float32"
+
+    def __init__(self):
+        self.logits = np.random.default_rng(2).standard_normal((1, 19, 24, 40)).astype(np.float32)
+        self.logits[0, :, :3] = 0.0  # ties: argmax must pick the same (first) class in both
+
+    def __call__(self, x):
+        assert x.shape == (1, 3, 24, 40) and x.dtype == np.float32
+        self.seen = x  # the preprocessed input, compared too
+        return {"logits": self.logits}
+
+
+def test_cpp_prepost_is_bit_identical_to_numpy():
+    try:
+        import udaseg._runtime  # noqa: F401
+    except ImportError:
+        pytest.skip("the C++ runtime udaseg._runtime is not built (no compiler or pybind11 at install)")
+    image = np.random.default_rng(3).integers(0, 256, (37, 61, 3), dtype=np.uint8)
+    cpp, py = load_prepost("cpp"), load_prepost("python")
+    assert (cpp.name, py.name) == ("cpp", "python") and load_prepost("auto").name == "cpp"
+    net_a, net_b = _Logits(), _Logits()
+    a, b = segment(net_a, image, None, True, cpp), segment(net_b, image, None, True, py)
+    assert np.array_equal(net_a.seen, net_b.seen), "preprocessing differs"
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key].dtype == b[key].dtype and np.array_equal(a[key], b[key]), key
+
+
+def test_prepost_cpp_without_the_runtime_says_how_to_get_it(monkeypatch):
+    import udaseg
+
+    monkeypatch.setitem(sys.modules, "udaseg._runtime", None)  # import fails as if it were not built
+    monkeypatch.delattr(udaseg, "_runtime", raising=False)  # (an earlier import leaves it on the package)
+    assert load_prepost("auto").name == "python"
+    with pytest.raises(InferError, match="--prepost cpp: the C\\+\\+ runtime udaseg._runtime is not built"):
+        load_prepost("cpp")
 
 
 def run(args: list[str]) -> tuple[int, list[str]]:
