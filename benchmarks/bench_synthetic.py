@@ -19,6 +19,10 @@ by labelled mIoU, of the last one, the largest best - selected gap over the seed
 A row `METHOD@4x` runs the method on a 4x schedule (warm-up and adaptation both 4x, its own shared warm-up): does
 the gain grow, hold or fade?
     python benchmarks/bench_synthetic.py --rows-only source_only@4x,self_training@4x,dida+cpsl@4x,oracle@4x
+A row `METHOD@photometric` turns on the source view's colour/style randomisation (PHOTOMETRIC: jitter, grayscale,
+blur, FDA; docs/trust.md) for its own warm-up and adaptation; its gap closure is measured against the plain
+source_only and oracle rows, so source_only@photometric shows what the randomisation alone closes:
+    python benchmarks/bench_synthetic.py --rows-only source_only@photometric,self_training@photometric
 A row `METHOD@MODEL` trains another model (its own warm-up, baseline and bound: `source_only@MODEL`,
 `oracle@MODEL`), e.g. the smallest MiT next to the compact CNN (docs/models.md; ~3.5x the compact model's time):
     python benchmarks/bench_synthetic.py --jobs 2 --set train.warmup_iters=600 --set train.iters=600 \
@@ -90,6 +94,15 @@ def selection(run: Path) -> dict | None:
     }
 
 
+PHOTOMETRIC = ["augment.jitter=0.3", "augment.grayscale=0.1", "augment.blur=0.3", "augment.fda=0.5"]
+
+
+def row_augment(row: str) -> tuple[str, bool]:
+    """'self_training@photometric' -> ('self_training', True); other rows unchanged, False."""
+    tokens = row.split("@")
+    return "@".join(t for t in tokens if t != "photometric"), "photometric" in tokens[1:]
+
+
 def row_schedule(row: str, sched: tuple[int, int], base: Path) -> tuple[str, tuple[int, int], Path]:
     """'dida@4x' -> ('dida', 4x the schedule, base/x4): a long-schedule row, with its own run folders."""
     method, _, mult = row.partition("@")
@@ -114,6 +127,9 @@ def run_row(
 ) -> dict:
     """A row's run for one seed. Adaptation rows start from the seed's shared source-only warm-up and evaluate every
     `select_every` iterations (labelled mIoU beside the label-free scores: the selection columns)."""
+    method, photometric = row_augment(method)
+    if photometric:  # its own run folders: the randomisation changes the warm-up too
+        extra, base = [*extra, *(x for s in PHOTOMETRIC for x in ("--set", s))], base / "photometric"
     method, model = row_model(method)
     if model:  # its own run folders, shared warm-up included
         extra, base = [*extra, "--set", f"model.name={model}"], base / model
@@ -232,8 +248,9 @@ def markdown(rows: dict[str, dict], meta: dict, rare: list[str]) -> str:
     for name, r in rows.items():
         gap = "—"
         suffix = name[name.index("@") :] if "@" in name else ""  # a long-schedule row: its own baseline and bound
+        suffix = suffix.replace("@photometric", "")  # measured against the plain baseline and bound
         so, oracle = rows.get("source_only" + suffix), rows.get("oracle" + suffix)
-        if so and oracle and name.split("@")[0] not in ("source_only", "oracle") and oracle["miou"] > so["miou"]:
+        if so and oracle and name not in ("source_only" + suffix, "oracle" + suffix) and oracle["miou"] > so["miou"]:
             gap = f"{100 * (r['miou'] - so['miou']) / (oracle['miou'] - so['miou']):.0f} %"
         rare_cells = " | ".join(f"{r['rare_iou'].get(c, float('nan')):.1f}" for c in rare)
         lines.append(
