@@ -115,12 +115,14 @@ def test_check_data_only_checks(tmp_path, capsys, monkeypatch):
 
 
 def test_final_json_never_holds_nan(tmp_path, monkeypatch):
+    import udaseg.engine.report as R
     import udaseg.train as T
 
     def no_labelled_pixel(run, cfg, full):  # what an all-ignore val split gives: mIoU NaN
         return {"miou": math.nan, "per_class": {"road": None}, "protocol": 19, "pixel_acc": math.nan}
 
-    monkeypatch.setattr(T, "eval_teacher", no_labelled_pixel)
+    for module in (T, R):  # the loop's periodic evaluation and the report's before/after ones
+        monkeypatch.setattr(module, "eval_teacher", no_labelled_pixel)
     train(tiny_config("source_only", **QUICK), tmp_path)
     final = strict_json(tmp_path / "final.json")
     assert final["miou"] is None and final["before"]["miou"] is None
@@ -130,12 +132,14 @@ def test_final_json_never_holds_nan(tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------- 4. the warm-up is saved first
 def test_end_of_warmup_is_saved_before_its_evaluation(tmp_path, monkeypatch):
+    import udaseg.engine.report as R
     import udaseg.train as T
 
     def bad_val_image(run, cfg, full):
         raise OSError("val image unreadable")
 
-    monkeypatch.setattr(T, "eval_teacher", bad_val_image)
+    for module in (T, R):  # the loop's periodic evaluation and the report's before/after ones
+        monkeypatch.setattr(module, "eval_teacher", bad_val_image)
     with pytest.raises(OSError, match="unreadable"):
         train(tiny_config("source_only"), tmp_path)
     assert torch.load(tmp_path / "last.pt", weights_only=True)["iteration"] == 2  # the warm-up is not lost
@@ -154,8 +158,8 @@ def test_a_skipped_step_changes_no_state(tmp_path, monkeypatch):
 
     real = T.train_step
 
-    def poisoned(step, methods):
-        losses = real(step, methods)
+    def poisoned(step, methods, *rest):
+        losses = real(step, methods, *rest)
         if step.iteration == 2:  # the last step
             losses["source_ce"] = losses["source_ce"] * math.nan
         return losses

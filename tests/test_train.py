@@ -61,8 +61,8 @@ def test_non_finite_loss_skips_the_step(tmp_path, monkeypatch):
     real = T.train_step
     calls = {"n": 0}
 
-    def poisoned(step, methods):
-        losses = real(step, methods)
+    def poisoned(step, methods, *rest):
+        losses = real(step, methods, *rest)
         calls["n"] += 1
         if calls["n"] == 2:
             losses["source_ce"] = losses["source_ce"] * float("nan")

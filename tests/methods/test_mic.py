@@ -93,6 +93,24 @@ def test_masked_loss_is_the_weighted_pseudo_label_ce_of_the_masked_target(strong
     assert all(p.grad is not None for p in step.student.classifier.parameters())
 
 
+def test_masked_images_do_not_move_batchnorm_statistics_unless_asked():
+    """The teacher (EMA of the student's buffers) and evaluation use the running statistics: masked images, 70 %
+    one colour, would pull them away from real images. The gradient is the same either way."""
+    grads = {}
+    for masked_norm_stats in (False, True):
+        step = fake_step()
+        step.student.train()
+        stats = {k: v.clone() for k, v in step.student.state_dict().items() if "running" in k or "num_batches" in k}
+        assert stats, "the test needs a model with BatchNorm"
+        o = MICOptions(patch_size=16, reference_size=64, masked_norm_stats=masked_norm_stats)
+        MIC(o, num_classes=C).losses(step)["masked_ce"].backward()  # backward after the buffers were put back
+        after = step.student.state_dict()
+        assert all(torch.equal(after[k], v) for k, v in stats.items()) is (not masked_norm_stats)
+        grads[masked_norm_stats] = [p.grad.clone() for p in step.student.parameters()]
+    for a, b in zip(grads[True], grads[False]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_no_target_no_loss_and_bad_options_are_rejected():
     step = fake_step()
     step.target_image = None

@@ -25,6 +25,7 @@ image with nearest interpolation, so its patches are b +/- a few pixels). See do
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -33,7 +34,7 @@ from torch import Tensor
 
 from udaseg.data import transforms as T
 from udaseg.methods.base import Method, Step, register_method
-from udaseg.methods.common import weighted_cross_entropy
+from udaseg.methods.common import keep_norm_statistics, weighted_cross_entropy
 from udaseg.models.common import IMAGENET_MEAN
 
 
@@ -44,6 +45,7 @@ class MICOptions:
     weight: float = 1.0  # lambda_m of the masked-image loss (MIC: 1)
     reference_size: int = 512  # crop side patch_size is given for (MIC's 512 x 512); shorter sides scale it down
     strong_view: bool = True  # colour jitter + blur before masking (MIC's "separatetrgaug")
+    masked_norm_stats: bool = False  # let the masked images move BatchNorm's running statistics (see below)
 
 
 def patch_size_for(size: tuple[int, int], patch_size: int, reference_size: int) -> int:
@@ -103,7 +105,9 @@ class MIC(Method):
         if step.target_image is None or step.pseudo_label is None or not self.options.weight:
             return {}
         masked, visible = self.masked_target(step)
-        logits = step.forward(step.student, masked)["logits"]  # (B, C, H, W) float32, with gradient
+        keep = contextlib.nullcontext() if self.options.masked_norm_stats else keep_norm_statistics(step.student)
+        with keep:
+            logits = step.forward(step.student, masked)["logits"]  # (B, C, H, W) float32, with gradient
         step.metrics["mic/hidden"] = float(1.0 - visible.float().mean())
         loss = weighted_cross_entropy(logits, step.pseudo_label, step.pseudo_weight)
         return {"masked_ce": self.options.weight * loss}
