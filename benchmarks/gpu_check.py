@@ -21,6 +21,7 @@ It imports nothing of udaseg (nor torch) itself before the install step has run:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import signal
@@ -176,6 +177,23 @@ def run_step(step: Step, timeout: float) -> dict:
     }
 
 
+def _versions() -> dict:
+    """GPU name, torch, Triton and the commit, read in a subprocess (this script imports neither torch nor udaseg)."""
+    probe = (
+        "import json, torch\n"
+        "try:\n    import triton; t = triton.__version__\nexcept ImportError:\n    t = None\n"
+        "gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None\n"
+        "print(json.dumps({'gpu': gpu, 'torch': torch.__version__, 'cuda': torch.version.cuda, 'triton': t}))"
+    )
+    info: dict = {}
+    done = subprocess.run([PY, "-c", probe], capture_output=True, text=True, cwd=ROOT)
+    if done.returncode == 0 and done.stdout.strip():
+        info.update(json.loads(done.stdout.strip().splitlines()[-1]))
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    info["commit"] = commit.stdout.strip() or None
+    return info
+
+
 def _write_log(records: list[dict], status: str, out: Path) -> None:
     from udaseg.fileio import write_json, write_text
 
@@ -184,12 +202,14 @@ def _write_log(records: list[dict], status: str, out: Path) -> None:
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "python": platform.python_version(),
         "host": platform.node(),
+        **_versions(),
     }
     write_json(out / "gpu-check-cuda.json", {"meta": meta, "steps": records})
     lines = [
         f"# gpu-check: {status}",
         "",
-        f"{meta['date']}",
+        f"{meta['date']}; {meta.get('gpu')}; torch {meta.get('torch')} (CUDA {meta.get('cuda')}), "
+        f"triton {meta.get('triton')}; commit {meta.get('commit')}",
         "",
         "| step | rc | seconds | budget | command |",
         "| --- | --- | --- | --- | --- |",
