@@ -134,3 +134,17 @@ def test_composes_with_dida_through_the_loop(tmp_path):
     keys = set(adapt[-1])
     assert any(k.endswith("masked_ce") for k in keys) and any(k.endswith("instance") for k in keys)
     assert all(math.isfinite(v) for r in adapt for k, v in r.items() if k.endswith("masked_ce"))
+
+
+@pytest.mark.parametrize("other", ["cpsl", "hiast", "tdi", "diga"])
+def test_composes_with_every_seed_method(tmp_path, other):
+    """MIC after each of the other plug-ins (dida above): the run ends finite, with both plug-ins' terms logged."""
+    import json
+
+    from udaseg.train import train
+
+    result = train(tiny_config(f"{other}+mic", **{"data.rcs": False}), tmp_path)
+    assert math.isfinite(result["miou"])
+    rows = [json.loads(r) for r in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    keys = {k for r in rows if r.get("stage") == "adapt" for k in r}
+    assert "mic/masked_ce" in keys and any(k.startswith(f"{other}/") for k in keys), sorted(keys)
