@@ -43,12 +43,14 @@ def downscale_label(label: Tensor, scale: int, min_ratio: float, num_classes: in
     return cls
 
 
-def thing_mask(label: Tensor, size: tuple[int, int], classes: list[int], min_ratio: float, num_classes: int) -> Tensor:
+def thing_mask(
+    label: Tensor, size: tuple[int, int], classes: list[int] | Tensor, min_ratio: float, num_classes: int
+) -> Tensor:
     """(B, h', w') bool at (at most) `size`: encoder cells whose downscaled label is one of `classes`."""
     scale = max(1, label.shape[-2] // size[0])
     cells = downscale_label(label, scale, min_ratio, num_classes)
     cells = cells[:, : size[0], : size[1]]
-    return torch.isin(cells, torch.tensor(classes, device=label.device))
+    return torch.isin(cells, torch.as_tensor(classes, device=label.device))
 
 
 def masked_distance(student: Tensor, reference: Tensor, mask: Tensor) -> Tensor:
@@ -57,9 +59,8 @@ def masked_distance(student: Tensor, reference: Tensor, mask: Tensor) -> Tensor:
     h, w = mask.shape[-2:]
     diff = student[..., :h, :w].float() - reference[..., :h, :w].float()
     dist = torch.linalg.vector_norm(diff, dim=1)  # (B, h, w)
-    if not mask.any():
-        return dist.sum() * 0.0
-    return dist[mask].mean()
+    # sum / count rather than dist[mask].mean(): no host sync, and 0 (not NaN) for an empty mask
+    return (dist * mask).sum() / mask.sum().clamp(min=1)
 
 
 class FeatureDistance:
@@ -67,7 +68,9 @@ class FeatureDistance:
 
     def __init__(self, reference: nn.Module, weight: float, classes: list[int], min_ratio: float, num_classes: int):
         self.reference = reference.eval().requires_grad_(False)
-        self.weight, self.classes, self.min_ratio, self.num_classes = weight, list(classes), min_ratio, num_classes
+        self.weight, self.min_ratio, self.num_classes = weight, min_ratio, num_classes
+        device = next(reference.parameters()).device
+        self.classes = torch.tensor(list(classes), device=device)  # made once, not per step
 
     def loss(
         self, student_encoder: Tensor, image: Tensor, label: Tensor, amp: Callable[[], Any] = contextlib.nullcontext
