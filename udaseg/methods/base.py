@@ -72,14 +72,17 @@ class Step:
     #                                             float32 otherwise. Method state stays float32.
     scratch: dict[str, dict[str, Any]] = field(default_factory=dict)  # per plug-in, see Method.scratch
 
-    def forward(self, model: nn.Module, image: Tensor) -> dict[str, Tensor]:
+    def forward(self, model: nn.Module, image: Tensor, norm_stats: bool = True) -> dict[str, Tensor]:
         """Run `model` as the loop does (under its autocast): float32 logits upsampled to the image, features.
 
-        Under torch.no_grad() for the teacher; plug-ins' extra forward passes go through here.
+        Under torch.no_grad() for the teacher; plug-ins' extra forward passes go through here. `norm_stats=False`:
+        BatchNorm's running statistics are left as they were (for images unlike the data, e.g. MIC's masked ones).
         """
         from udaseg.models import upsample
+        from udaseg.models.common import keep_norm_statistics
 
-        with self.amp():
+        keep = contextlib.nullcontext() if norm_stats else keep_norm_statistics(model)
+        with keep, self.amp():
             out = model(image)
         extra = {"encoder": out["encoder"]} if "encoder" in out else {}  # ImageNet feature distance's input
         return {"logits": upsample(out["logits"].float(), image.shape[-2:]), "features": out["features"], **extra}

@@ -15,9 +15,7 @@ space (MoCo's key encoder, He et al. 2020; the same mean-teacher rule as the loo
 
 from __future__ import annotations
 
-import contextlib
 import copy
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -208,26 +206,3 @@ def top_per_class(labels: Tensor, priority: Tensor, k: int) -> tuple[Tensor, Ten
     rank = torch.arange(cls.numel(), device=cls.device) - torch.searchsorted(cls, cls, right=False)
     keep = rank < k
     return order[keep], rank[keep]
-
-
-@contextlib.contextmanager
-def keep_norm_statistics(model: nn.Module) -> Iterator[None]:
-    """BatchNorm running statistics of `model` are the same after the block as before it.
-
-    For an extra forward pass on images unlike the data (MIC's masked images): in train mode BatchNorm still
-    normalises with the batch's own statistics, but the running ones, which the EMA teacher and evaluation use,
-    are not moved towards that batch. The block's forward updates copies (which autograd may keep for the backward
-    pass); the original buffers are put back untouched.
-    """
-    names = ("running_mean", "running_var", "num_batches_tracked")
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    kept = [{n: getattr(m, n) for n in names if getattr(m, n) is not None} for m in norms]
-    for m, buffers in zip(norms, kept):
-        for name, value in buffers.items():
-            setattr(m, name, value.clone())
-    try:
-        yield
-    finally:
-        for m, buffers in zip(norms, kept):
-            for name, value in buffers.items():
-                setattr(m, name, value)

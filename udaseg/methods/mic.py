@@ -25,7 +25,6 @@ image with nearest interpolation, so its patches are b +/- a few pixels). See do
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 
@@ -34,7 +33,7 @@ from torch import Tensor
 
 from udaseg.data import transforms as T
 from udaseg.methods.base import Method, Step, register_method
-from udaseg.methods.common import keep_norm_statistics, weighted_cross_entropy
+from udaseg.methods.common import weighted_cross_entropy
 from udaseg.models.common import IMAGENET_MEAN
 
 
@@ -105,9 +104,8 @@ class MIC(Method):
         if step.target_image is None or step.pseudo_label is None or not self.options.weight:
             return {}
         masked, visible = self.masked_target(step)
-        keep = contextlib.nullcontext() if self.options.masked_norm_stats else keep_norm_statistics(step.student)
-        with keep:
-            logits = step.forward(step.student, masked)["logits"]  # (B, C, H, W) float32, with gradient
+        # (B, C, H, W) float32, with gradient; BatchNorm's running statistics kept unless masked_norm_stats
+        logits = step.forward(step.student, masked, norm_stats=self.options.masked_norm_stats)["logits"]
         step.metrics["mic/hidden"] = float(1.0 - visible.float().mean())
         loss = weighted_cross_entropy(logits, step.pseudo_label, step.pseudo_weight)
         return {"masked_ce": self.options.weight * loss}

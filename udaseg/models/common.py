@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -98,3 +101,26 @@ def init_weights(module: nn.Module) -> None:
         elif isinstance(m, nn.BatchNorm2d | nn.GroupNorm):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+
+@contextlib.contextmanager
+def keep_norm_statistics(model: nn.Module) -> Iterator[None]:
+    """BatchNorm running statistics of `model` are the same after the block as before it.
+
+    For an extra forward pass on images unlike the data (`Step.forward(..., norm_stats=False)`, MIC's masked
+    images): in train mode BatchNorm still normalises with the batch's own statistics, but the running ones, which
+    the EMA teacher and evaluation use, are not moved towards that batch. The block's forward updates copies (which
+    autograd may keep for the backward pass); the original buffers are put back untouched.
+    """
+    names = ("running_mean", "running_var", "num_batches_tracked")
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    kept = [{n: getattr(m, n) for n in names if getattr(m, n) is not None} for m in norms]
+    for m, buffers in zip(norms, kept):
+        for name, value in buffers.items():
+            setattr(m, name, value.clone())
+    try:
+        yield
+    finally:
+        for m, buffers in zip(norms, kept):
+            for name, value in buffers.items():
+                setattr(m, name, value)
