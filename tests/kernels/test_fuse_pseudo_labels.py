@@ -7,8 +7,9 @@ import torch
 
 from udaseg.kernels import fuse_pseudo_labels
 
-# (B, C, H, W): 1 x 1, primes, more pixels than one interpreter block (64), 19 classes.
-SHAPES = [(1, 1, 1, 1), (2, 7, 13, 11), (3, 19, 5, 67)]
+# (B, C, H, W): 1 x 1, primes, more pixels than one interpreter block (64), 19 classes (three class tiles under the
+# interpreter, the last partial), 40 classes (more than a GPU's 32-class tile).
+SHAPES = [(1, 1, 1, 1), (2, 7, 13, 11), (3, 19, 5, 67), (1, 40, 3, 70)]
 
 
 def _data(b, c, h, w, dtype=torch.float32, seed=0):
@@ -51,6 +52,18 @@ def test_ties_pick_the_smaller_class(impl):
     probs[:, 0] = 0.1  # now classes 1..4 tie
     labels, _ = fuse_pseudo_labels(probs, probs.clone(), 0.5, torch.zeros(5), impl=impl)
     assert (labels == 1).all()
+
+
+def test_ties_across_class_tiles_pick_the_smaller_class(impl):
+    """The Triton kernel reads the classes in tiles (8 under the interpreter): a maximum shared by a class of the
+    first tile and one of a later tile must still give the smaller class, and a later tile's larger maximum wins."""
+    probs = torch.full((1, 19, 2, 3), 0.01)
+    probs[:, 2] = probs[:, 10] = probs[:, 17] = 0.3  # tiles 0, 1 and 2 under the interpreter
+    labels, confidence = fuse_pseudo_labels(probs, None, 1.0, torch.zeros(19), impl=impl)
+    assert (labels == 2).all() and torch.allclose(confidence, torch.full_like(confidence, 0.3))
+    probs[:, 17] = 0.31  # the last, partial tile holds the maximum
+    labels, _ = fuse_pseudo_labels(probs, None, 1.0, torch.zeros(19), impl=impl)
+    assert (labels == 17).all()
 
 
 @pytest.mark.parametrize("ignore_index", [255, -1])
@@ -97,9 +110,27 @@ def test_misuse_raises_value_error_naming_the_argument(key, value, name):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
-def test_gpu_triton_matches_reference(dtype, assert_close):
-    probs, instance, thresholds = (t.cuda() for t in _data(2, 19, 128, 257, dtype))
+@pytest.mark.parametrize("c", [19, 40])  # one class tile; two, the second partial
+def test_gpu_triton_matches_reference(dtype, c, assert_close):
+    probs, instance, thresholds = (t.cuda() for t in _data(2, c, 128, 257, dtype))
     labels, confidence = fuse_pseudo_labels(probs, instance, 0.3, thresholds, impl="triton")
     ref_labels, ref_conf = fuse_pseudo_labels(probs, instance, 0.3, thresholds, impl="torch")
     assert_close(confidence, ref_conf, 1e-6, 1e-6, "confidence")
     assert (labels != ref_labels).float().mean() < 1e-4  # FMA contraction may flip exact near-ties
+
+
+def test_gpu_configs_keep_the_classes_inside_each_thread():
+    """The autotune prune keeps the tiles whose warps all lie along the pixels (16 bytes of pixels per thread), so
+    the max over the classes never goes through shared memory: 4 float32 or 8 bfloat16 pixels a thread."""
+    triton = pytest.importorskip("triton", reason="the prune works on triton.Config objects")
+    from udaseg.kernels.fuse_pseudo_labels import _in_thread_classes
+
+    rows = [(512, 4), (1024, 8), (1024, 4), (2048, 8), (256, 4)]
+    cfgs = [triton.Config({"CLASS_BLOCK": 8, "BLOCK": b}, num_warps=w) for b, w in rows]
+
+    def kept(dtype):
+        named = {"p_ptr": torch.ones(1, dtype=dtype)}
+        return [(c.kwargs["BLOCK"], c.num_warps) for c in _in_thread_classes(cfgs, named)]
+
+    assert kept(torch.float32) == [(512, 4), (1024, 8), (1024, 4), (2048, 8)]
+    assert kept(torch.bfloat16) == kept(torch.float16) == [(1024, 4), (2048, 8)]
