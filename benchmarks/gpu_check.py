@@ -11,7 +11,9 @@ Steps, in order, each with a time budget (the whole run stops at --budget second
   4. kernels     bench_kernels.py --device cuda: every op, eager / torch.compile / triton, beside the roofline model
   5. step        bench_step.py --size paper: a training step with the fused kernels against the torch reference
   6. train       python -m udaseg.train --method dida+cpsl --kernels triton, 300 iterations, AMP (bf16 on Hopper)
-Results: benchmarks/results/kernels-cuda.*, step-cuda-paper.*, gpu-check-cuda.{json,md} (this run's log).
+  7. profile     profile_model.py: DAFormer MiT-B5 and DeepLabV2-R101 forward+backward, encoder alone, top operators
+Results: benchmarks/results/kernels-cuda.*, step-cuda-paper.*, profile-cuda.*, gpu-check-cuda.{json,md} (this run's
+log).
 
 Without a CUDA device it runs the steps before the first one that needs CUDA, then stops with exit code 3 and
 prints what it would have run: a dry run of the machine-independent part (tested on CPU).
@@ -66,13 +68,13 @@ def steps(wheels: str | None, iters: int) -> list[Step]:
     # Compiled kernels on the GPU, never the interpreter: "0", not unset, since tests/kernels sets it when unset.
     no_interp = {"TRITON_INTERPRET": "0"}
     return [
-        Step("install", install, False, 60, "install the project offline (WHEELS) or check that it imports"),
-        Step("cuda", [PY, "-c", cuda_probe], True, 20, "torch sees a CUDA device"),
+        Step("install", install, False, 30, "install the project offline (WHEELS) or check that it imports"),
+        Step("cuda", [PY, "-c", cuda_probe], True, 10, "torch sees a CUDA device"),
         Step(
             "pytest",
             [PY, "-m", "pytest", "-q", "-m", "gpu", "tests"],
             True,
-            100,
+            90,
             "GPU tests: kernels vs float64 references, every dtype",
             no_interp,
         ),
@@ -100,7 +102,7 @@ def steps(wheels: str | None, iters: int) -> list[Step]:
                 "--amp",
             ],
             True,
-            90,
+            100,
             "training-step overhead of DIDA at paper size, fused kernels vs torch, AMP",
             no_interp,
         ),
@@ -127,9 +129,16 @@ def steps(wheels: str | None, iters: int) -> list[Step]:
                 "--overwrite",
             ],
             True,
-            80,
+            60,
             f"{iters}-iteration dida+cpsl training run with the Triton kernels and AMP",
             no_interp,
+        ),
+        Step(
+            "profile",
+            [PY, "benchmarks/profile_model.py", "--models", "daformer_mitb5,deeplabv2_r101", "--iters", "10"],
+            True,
+            60,
+            "where a training step goes: whole model vs encoder alone, top CUDA operators (MiT-B5, DeepLabV2)",
         ),
     ]
 

@@ -34,6 +34,7 @@ def test_stops_at_the_first_cuda_step_and_says_what_it_would_run(tmp_path):
         "bench_kernels.py --device cuda",
         "bench_step.py --size paper",
         "udaseg.train --method dida+cpsl --kernels triton --iters 300 --warmup-iters 0 --set train.amp=true",
+        "profile_model.py --models daformer_mitb5,deeplabv2_r101",
     ):
         assert later in done.stderr, f"the stop message should list {later!r}"
     assert not list(tmp_path.iterdir()), "a stopped dry run writes no results"
@@ -43,7 +44,7 @@ def test_dry_run_lists_every_step_with_its_budget():
     done = _run("--dry-run")
     assert done.returncode == 0, done.stderr
     names = [line.split()[0] for line in done.stdout.splitlines()]
-    assert names == ["install", "cuda", "pytest", "kernels", "step", "train"]
+    assert names == ["install", "cuda", "pytest", "kernels", "step", "train", "profile"]
     budgets = [int(line.split("<=")[1].split()[0]) for line in done.stdout.splitlines()]
     assert sum(budgets) <= 480, "the steps' budgets must fit the 8 minutes"
 
