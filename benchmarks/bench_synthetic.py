@@ -23,6 +23,11 @@ A row `METHOD@photometric` turns on the source view's colour/style randomisation
 blur, FDA; docs/trust.md) for its own warm-up and adaptation; its gap closure is measured against the plain
 source_only and oracle rows, so source_only@photometric shows what the randomisation alone closes:
     python benchmarks/bench_synthetic.py --rows-only source_only@photometric,self_training@photometric
+A row `METHOD@naive` adapts with self-training's safeguards off (NAIVE: no EMA teacher, no ClassMix, no strong view,
+every pseudo-label at full weight) from the plain warm-up: a run that collapses on purpose, where the best checkpoint
+is not the last, to test the label-free selection and the collapse guard; `@rollback` adds
+monitor.on_collapse=rollback (the warning ends the run with the best checkpoint by the label-free score):
+    python benchmarks/bench_synthetic.py --rows-only self_training@naive,self_training@naive@rollback
 A row `METHOD@MODEL` trains another model (its own warm-up, baseline and bound: `source_only@MODEL`,
 `oracle@MODEL`), e.g. the smallest MiT next to the compact CNN (docs/models.md; ~3.5x the compact model's time):
     python benchmarks/bench_synthetic.py --jobs 2 --set train.warmup_iters=600 --set train.iters=600 \
@@ -95,12 +100,30 @@ def selection(run: Path) -> dict | None:
 
 
 PHOTOMETRIC = ["augment.jitter=0.3", "augment.grayscale=0.1", "augment.blur=0.3", "augment.fda=0.5"]
+# Self-training with its safeguards off: the teacher is the student (no EMA), no ClassMix, no strong view, every
+# pseudo-label at full weight. Confirmation bias on purpose: a run that ends below its start, to see whether the
+# label-free selection and the collapse guard catch it.
+NAIVE = [
+    "train.ema=0.0",
+    "methods.self_training.mix=none",
+    "methods.self_training.strong_view=false",
+    "methods.self_training.pseudo_threshold=0.0",
+]
+# Row variants `METHOD@name`: name -> (config overrides, whether they change the warm-up too). A variant that changes
+# the warm-up gets run folders of its own; an adaptation-only one shares the plain warm-up. Every variant is measured
+# against the plain source_only and oracle rows.
+VARIANTS = {
+    "photometric": (PHOTOMETRIC, True),
+    "naive": (NAIVE, False),
+    "rollback": (["monitor.on_collapse=rollback"], False),  # a collapse warning ends the run with best_unsupervised
+}
 
 
-def row_augment(row: str) -> tuple[str, bool]:
-    """'self_training@photometric' -> ('self_training', True); other rows unchanged, False."""
+def row_variants(row: str) -> tuple[str, list[str]]:
+    """'self_training@naive@rollback' -> ('self_training', ['naive', 'rollback']); other rows unchanged, []."""
     tokens = row.split("@")
-    return "@".join(t for t in tokens if t != "photometric"), "photometric" in tokens[1:]
+    found = [t for t in tokens[1:] if t in VARIANTS]
+    return "@".join([tokens[0], *(t for t in tokens[1:] if t not in found)]), found
 
 
 def row_schedule(row: str, sched: tuple[int, int], base: Path) -> tuple[str, tuple[int, int], Path]:
@@ -127,9 +150,15 @@ def run_row(
 ) -> dict:
     """A row's run for one seed. Adaptation rows start from the seed's shared source-only warm-up and evaluate every
     `select_every` iterations (labelled mIoU beside the label-free scores: the selection columns)."""
-    method, photometric = row_augment(method)
-    if photometric:  # its own run folders: the randomisation changes the warm-up too
-        extra, base = [*extra, *(x for s in PHOTOMETRIC for x in ("--set", s))], base / "photometric"
+    method, variants = row_variants(method)
+    adapt_only, tag = [], ""  # adaptation-only variants: their overrides and the run folder's suffix
+    for name in variants:
+        sets, warmup_too = VARIANTS[name]
+        flags = [x for s in sets for x in ("--set", s)]
+        if warmup_too:  # its own run folders: the variant changes the warm-up too
+            extra, base = [*extra, *flags], base / name
+        else:
+            adapt_only, tag = [*adapt_only, *flags], f"{tag}-{name}"
     method, model = row_model(method)
     if model:  # its own run folders, shared warm-up included
         extra, base = [*extra, "--set", f"model.name={model}"], base / model
@@ -137,6 +166,8 @@ def run_row(
     warm_iters, iters = sched
     common = ["--seed", str(seed), *extra]
     adapt_extra = ["--set", f"train.eval_every={select_every}"] if select_every and method != "source_only" else []
+    adapt_extra += adapt_only
+    folder = f"{method.replace('+', '-')}{tag}-s{seed}"
     if method == "oracle":  # supervised on the target domain for the whole schedule: the upper bound
         return train_run(
             base / f"oracle-s{seed}",
@@ -156,7 +187,7 @@ def run_row(
         )
     if method.startswith("diga"):  # DiGA brings its own warm-up stage (symmetric distillation)
         return train_run(
-            base / f"{method.replace('+', '-')}-s{seed}",
+            base / folder,
             [
                 *common,
                 "--method",
@@ -175,7 +206,7 @@ def run_row(
         [*common, "--method", "source_only", "--warmup-iters", "0", "--iters", str(warm_iters)],
     )
     result = train_run(
-        base / f"{method.replace('+', '-')}-s{seed}",
+        base / folder,
         [
             *common,
             "--method",
@@ -248,7 +279,8 @@ def markdown(rows: dict[str, dict], meta: dict, rare: list[str]) -> str:
     for name, r in rows.items():
         gap = "—"
         suffix = name[name.index("@") :] if "@" in name else ""  # a long-schedule row: its own baseline and bound
-        suffix = suffix.replace("@photometric", "")  # measured against the plain baseline and bound
+        for variant in VARIANTS:  # measured against the plain baseline and bound
+            suffix = suffix.replace(f"@{variant}", "")
         so, oracle = rows.get("source_only" + suffix), rows.get("oracle" + suffix)
         if so and oracle and name not in ("source_only" + suffix, "oracle" + suffix) and oracle["miou"] > so["miou"]:
             gap = f"{100 * (r['miou'] - so['miou']) / (oracle['miou'] - so['miou']):.0f} %"

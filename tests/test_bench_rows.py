@@ -1,5 +1,5 @@
-"""benchmarks/bench_synthetic.py's row names (METHOD@4x, @MODEL, @photometric) and whose baseline each is measured
-against in the table."""
+"""benchmarks/bench_synthetic.py's row names (METHOD@4x, @MODEL, @photometric, @naive) and whose baseline each is
+measured against in the table."""
 
 from __future__ import annotations
 
@@ -13,18 +13,19 @@ import bench_synthetic as B  # noqa: E402
 
 
 @pytest.mark.parametrize(
-    "row,method,photometric,model,factor",
+    "row,method,variants,model,factor",
     [
-        ("dida", "dida", False, None, 1),
-        ("dida+cpsl@4x", "dida+cpsl", False, None, 4),
-        ("self_training@segformer_mitb0", "self_training", False, "segformer_mitb0", 1),
-        ("self_training@photometric", "self_training", True, None, 1),
-        ("source_only@photometric@4x", "source_only", True, None, 4),
+        ("dida", "dida", [], None, 1),
+        ("dida+cpsl@4x", "dida+cpsl", [], None, 4),
+        ("self_training@segformer_mitb0", "self_training", [], "segformer_mitb0", 1),
+        ("self_training@photometric", "self_training", ["photometric"], None, 1),
+        ("source_only@photometric@4x", "source_only", ["photometric"], None, 4),
+        ("self_training@naive@rollback", "self_training", ["naive", "rollback"], None, 1),
     ],
 )
-def test_row_names(row, method, photometric, model, factor):
-    rest, aug = B.row_augment(row)
-    assert aug is photometric
+def test_row_names(row, method, variants, model, factor):
+    rest, found = B.row_variants(row)
+    assert found == variants
     rest, got_model = B.row_model(rest)
     assert got_model == model
     name, sched, base = B.row_schedule(rest, (600, 600), Path("runs"))
@@ -50,3 +51,32 @@ def test_photometric_rows_close_the_plain_gap():
     assert closure["source_only@photometric"] == "25 %", "the randomisation alone, against the plain source_only"
     assert closure["self_training@photometric"] == "75 %"
     assert closure["source_only"] == "—" and closure["oracle"] == "—"
+
+
+def test_adaptation_only_variants_share_the_plain_warm_up(monkeypatch):
+    """@naive / @rollback change the adaptation run only: the plain warm-up folder is reused, the overrides reach the
+    adaptation run alone and its folder is named after them; @photometric changes both, in a folder of its own."""
+    calls = []
+
+    def fake_run(out, args):
+        calls.append((out, args))
+        return {"wall_time_s": 1.0}
+
+    monkeypatch.setattr(B, "train_run", fake_run)
+    B.run_row("self_training@naive@rollback", 0, Path("runs"), [], (600, 600), select_every=100)
+    (warm, warm_args), (adapt, adapt_args) = calls
+    assert warm == Path("runs/warmup-s0") and adapt == Path("runs/self_training-naive-rollback-s0")
+    assert not any(s in warm_args for s in (*B.NAIVE, "monitor.on_collapse=rollback"))
+    assert all(s in adapt_args for s in (*B.NAIVE, "monitor.on_collapse=rollback", "train.eval_every=100"))
+    calls.clear()
+    B.run_row("self_training@photometric", 1, Path("runs"), [], (600, 600))
+    (warm, warm_args), (adapt, adapt_args) = calls
+    assert warm == Path("runs/photometric/warmup-s1") and adapt == Path("runs/photometric/self_training-s1")
+    assert all(s in warm_args and s in adapt_args for s in B.PHOTOMETRIC)
+
+
+def test_variant_rows_close_the_plain_gap():
+    rows = {"source_only": _row(20.0), "oracle": _row(60.0), "self_training@naive": _row(10.0)}
+    table = B.markdown(B.order_rows(rows), {"device": "cpu", "schedule": "test"}, [])
+    closure = {line.split("|")[1].strip(): line.split("|")[5].strip() for line in table.splitlines()[4:] if "|" in line}
+    assert closure["self_training@naive"] == "-25 %"
