@@ -301,7 +301,11 @@ def selection_markdown(rows: dict[str, dict]) -> str:
     }
     if not picked:
         return ""
-    criterion = next(iter(picked.values()))["criterion"]
+    # Every criterion is logged at every evaluation, so each column is exactly what that criterion would have kept;
+    # the first one is the toolkit's current default, whichever criterion the runs were started with.
+    from udaseg.config import MonitorConfig
+
+    criterion = MonitorConfig().criterion
     others = [c for c in CRITERIA if c != criterion]
     lines = [
         "",
@@ -319,8 +323,8 @@ def selection_markdown(rows: dict[str, dict]) -> str:
             for c in others
         )
         lines.append(
-            f"| {name} | {sel['first']:.2f} | {sel['selected']:.2f} | {sel['best']:.2f} | {sel['last']:.2f} "
-            f"| {sel['max_gap']:.2f} | {sel['warnings']} | {cells} |"
+            f"| {name} | {sel['first']:.2f} | {sel['by_criterion'][criterion]:.2f} | {sel['best']:.2f} "
+            f"| {sel['last']:.2f} | {sel['max_gap_by_criterion'][criterion]:.2f} | {sel['warnings']} | {cells} |"
         )
     return "\n".join(lines) + "\n"
 

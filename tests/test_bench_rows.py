@@ -80,3 +80,29 @@ def test_variant_rows_close_the_plain_gap():
     table = B.markdown(B.order_rows(rows), {"device": "cpu", "schedule": "test"}, [])
     closure = {line.split("|")[1].strip(): line.split("|")[5].strip() for line in table.splitlines()[4:] if "|" in line}
     assert closure["self_training@naive"] == "-25 %"
+
+
+def test_selection_table_leads_with_the_current_default_criterion():
+    """Runs log every criterion, so the table's main column is what today's default keeps, whatever the runs used."""
+    from udaseg.config import MonitorConfig
+
+    default = MonitorConfig().criterion
+    picks = {c: 30.0 + i for i, c in enumerate(B.CRITERIA)}
+    gaps = {c: 5.0 - i for i, c in enumerate(B.CRITERIA)}
+    sel = {
+        "criterion": "snd",
+        "selected": picks["snd"],
+        "max_gap": gaps["snd"],
+        "first": 20.0,
+        "best": 35.0,
+        "last": 34.0,
+        "warnings": 0,
+        "by_criterion": picks,
+        "max_gap_by_criterion": gaps,
+    }
+    table = B.selection_markdown({"dida": {**_row(34.0), "selection": sel}})
+    header = next(line for line in table.splitlines() if line.startswith("| method"))
+    assert header.split("|")[3].strip() == f"selected ({default})"
+    row = next(line for line in table.splitlines() if line.startswith("| dida"))
+    cells = [c.strip() for c in row.split("|")]
+    assert (cells[3], cells[6]) == (f"{picks[default]:.2f}", f"{gaps[default]:.2f}")

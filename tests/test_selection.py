@@ -203,7 +203,10 @@ def test_rollback_ends_the_run_with_the_best_unsupervised_weights(tmp_path):
     final = torch.load(tmp_path / "run" / "final.pt", weights_only=True)
     assert all(torch.equal(best["teacher"][k], final["teacher"][k]) for k in best["teacher"])
     assert result["unsupervised"]["warnings"][0]["kind"] == "diversity"
-    assert result["unsupervised"]["stopped_at"] == 1 and result["unsupervised"]["rolled_back_to"] == 0
+    select = rows_of(tmp_path / "run", "select")
+    criterion = select[0]["criterion"]
+    best_iter = max(select, key=lambda r: r[criterion])["iter"]  # the first maximum, as the monitor keeps it
+    assert result["unsupervised"]["stopped_at"] == 1 and result["unsupervised"]["rolled_back_to"] == best_iter
 
 
 def test_a_resumed_run_rebuilds_the_monitor_from_its_metrics(tmp_path):
