@@ -97,7 +97,7 @@ class MonitorConfig:
     enabled: bool = True  # pseudo rows in metrics.jsonl, pseudo_labels.png, best_unsupervised.pt, collapse warnings
     probe_images: int = 8  # fixed target train images (evenly spaced) the teacher is scored and compared on
     probe_size: list[int] = field(default_factory=list)  # resize them to (H, W); empty = data.target_resize or as is
-    criterion: str = "im"  # label-free score that picks best_unsupervised.pt: im, agreement, snd, entropy
+    criterion: str = "agreement"  # label-free score that picks best_unsupervised.pt: agreement, im, snd, entropy
     confident: float = 0.968  # confidence a pseudo-label counts as "confident" at in the diagnostics (DAFormer)
     collapse_ratio: float = 0.4  # warn when the pseudo-labels' effective class count < this x the source labels'
     vanish_ratio: float = 0.1  # a class is named as vanished when its pseudo-label share < this x its source share

@@ -156,7 +156,7 @@ def _selection(ax, select: list[dict]) -> None:
     """The label-free score (left axis) and, where the val set has labels, the target mIoU (right axis)."""
     if not select:
         return
-    key = select[-1].get("criterion", "im")
+    key = select[-1].get("criterion", "agreement")
     it = [r["iter"] for r in select]
     ax.plot(it, [r[key] for r in select], "C2o-", label=f"label-free score ({key})")
     best = max(select, key=lambda r: r[key])
