@@ -96,6 +96,8 @@ def selection(run: Path) -> dict | None:
         "first": points[0]["miou"],
         "points": [r["iter"] for r in points],
         "warnings": warnings,
+        # every evaluation's labelled mIoU and label-free scores: why a criterion picked what it picked
+        "trace": [{"iter": r["iter"], "miou": r["miou"], **{c: r[c] for c in CRITERIA if c in r}} for r in points],
     }
 
 
@@ -265,6 +267,7 @@ def aggregate_selection(per_seed: list[dict | None]) -> dict | None:
         "max_gap": max(s["best"] - s["selected"] for s in per_seed),
         "by_criterion": {c: statistics.mean(s["by_criterion"][c] for s in per_seed) for c in sorted(criteria)},
         "max_gap_by_criterion": {c: max(s["best"] - s["by_criterion"][c] for s in per_seed) for c in sorted(criteria)},
+        "per_seed": [{"warnings": s["warnings"], "trace": s.get("trace", [])} for s in per_seed],
     }
 
 

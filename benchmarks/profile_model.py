@@ -18,7 +18,6 @@ import argparse
 import contextlib
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,8 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench_kernels import _git_commit  # noqa: E402
 
 from udaseg.cli import run_cli  # noqa: E402
 from udaseg.fileio import UserError, write_json, write_text  # noqa: E402
@@ -185,9 +186,7 @@ def _main(argv: list[str] | None) -> int:
     meta = {
         "device": torch.cuda.get_device_name(device) if cuda else f"cpu ({platform.processor() or 'x86_64'})",
         "torch": torch.__version__,
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
-        ).stdout.strip(),
+        "commit": _git_commit(),  # bench_kernels' helper: marks a dirty tree
         "date": time.strftime("%Y-%m-%d"),
         "setting": f"crop {args.crop[0]}x{args.crop[1]}, batch {args.batch}, "
         + ("bf16 autocast, channels_last" if cuda and args.amp else "float32")

@@ -106,3 +106,21 @@ def test_selection_table_leads_with_the_current_default_criterion():
     row = next(line for line in table.splitlines() if line.startswith("| dida"))
     cells = [c.strip() for c in row.split("|")]
     assert (cells[3], cells[6]) == (f"{picks[default]:.2f}", f"{gaps[default]:.2f}")
+
+
+def test_selection_keeps_each_seeds_trace_and_warnings(tmp_path):
+    """The result file carries every evaluation's mIoU and scores per seed, so a figure quoted from a trace (where a
+    criterion peaked, when the guard warned) comes from the committed file, not from a run folder."""
+    import json
+
+    rows = [
+        {"iter": 0, "stage": "select", "miou": 20.0, "agreement": 0.3, "im": 0.5, "snd": 0.6, "entropy": -0.3},
+        {"iter": 100, "stage": "warning", "kind": "diversity"},
+        {"iter": 100, "stage": "select", "miou": 10.0, "agreement": 0.1, "im": 0.2, "snd": 0.9, "entropy": -0.1},
+    ]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    sel = B.selection(tmp_path)
+    assert sel["by_criterion"] == {"agreement": 20.0, "im": 20.0, "snd": 10.0, "entropy": 10.0}
+    agg = B.aggregate_selection([sel, sel])
+    assert agg["per_seed"][1]["warnings"] == ["diversity@100"]
+    assert [(t["iter"], t["miou"], t["snd"]) for t in agg["per_seed"][0]["trace"]] == [(0, 20.0, 0.6), (100, 10.0, 0.9)]
